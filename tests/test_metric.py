@@ -1,0 +1,213 @@
+"""DistanceMetric against an independent plain-torch reference and against the lpips package."""
+import lpips
+import pytest
+import torch
+import torchvision
+
+from experiment import ALL_CONFIGS, METHODS, DistanceMetric
+from loss_networks import FeatureExtractor, WeightsUnavailableError
+
+NETS = ("alex", "squeeze", "vgg")
+LPIPS_LAYERS = {"alex": [1, 4, 7, 9, 11], "squeeze": [1, 4, 7, 9, 10, 11, 12], "vgg": [3, 8, 15, 22, 29]}
+CONSTRUCTORS = {"alex": torchvision.models.alexnet, "squeeze": torchvision.models.squeezenet1_1,
+                "vgg": torchvision.models.vgg16}
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def images(seed, n=2, size=48):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_features(net, path, x):
+    """Activations at the LPIPS layers, computed in float64 with the model's own modules."""
+    model = CONSTRUCTORS[net](weights=None)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in IMAGENET)
+    h, out = (x.double() - mean) / std, []
+    with torch.no_grad():
+        for i, module in enumerate(model.double().features[: LPIPS_LAYERS[net][-1] + 1]):
+            h = module(h)
+            if i in LPIPS_LAYERS[net]:
+                out.append(h.clone())
+    return out
+
+
+def reference_distance(f0, f1, method, channel_norm):
+    """The DESIGN.md definition, written out directly: view, normalise, squared difference."""
+    def view(f, part):
+        n, c, h, w = f.shape
+        if part == "sort":
+            f = torch.sort(f.reshape(n, c, h * w), dim=2)[0].reshape(n, c, h, w)
+        if part == "mean":
+            f = f.mean(dim=(2, 3), keepdim=True).expand(n, c, h, w)
+        if channel_norm:
+            f = f / (torch.sqrt((f ** 2).sum(dim=1, keepdim=True)) + 1e-10)
+        return f
+
+    total = 0
+    for a, b in zip(f0, f1):
+        for part in method.split("+"):
+            total = total + ((view(a, part) - view(b, part)) ** 2).sum(dim=1).mean(dim=(1, 2))
+    return total
+
+
+def assert_close(ours, ref, rtol=1e-5):
+    ours, ref = ours.double(), ref.double()
+    rel = ((ours - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
+    assert rel <= rtol, f"relative difference {rel:.3g} > {rtol}: {ours} vs {ref}"
+
+
+def lpips_reference(net, path, **kwargs):
+    """lpips.LPIPS with random backbone, then our backbone weights copied into its slices."""
+    model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False, **kwargs)
+    weights = torch.load(path, weights_only=True)
+    for name, param in model.net.named_parameters():
+        _, index, kind = name.split(".", 2)
+        param.data.copy_(weights[f"features.{index}.{kind}"])
+    return model
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_all_configurations_equal_plain_torch_reference(torch_home, net):
+    x0, x1 = images(0), images(1)
+    f0, f1 = reference_features(net, torch_home[net], x0), reference_features(net, torch_home[net], x1)
+    by_cache = DistanceMetric(net).all_methods(x0, x1)
+    by_path = DistanceMetric(net, weights=torch_home[net], pretrained=False).all_methods(x0, x1)
+    for method, norm in ALL_CONFIGS:
+        ref = reference_distance(f0, f1, method, norm)
+        assert_close(by_cache[method, norm], ref)
+        assert_close(by_path[method, norm], ref)
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_official_lpips_equals_lpips_package(torch_home, net):
+    x0, x1 = images(2), images(3)
+    ours = DistanceMetric(net, lin=True, normalize="lpips", lpips_weights="official")
+    theirs = lpips_reference(net, torch_home[net])
+    with torch.no_grad():
+        assert_close(ours(x0, x1), theirs(2 * x0 - 1, 2 * x1 - 1).flatten())
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_baseline_lpips_normalisation_equals_lpips_package(torch_home, net):
+    x0, x1 = images(4), images(5)
+    ours = DistanceMetric(net, lin=False, normalize="lpips")
+    theirs = lpips_reference(net, torch_home[net], lpips=False)
+    with torch.no_grad():
+        assert_close(ours(x0, x1), theirs(2 * x0 - 1, 2 * x1 - 1).flatten())
+
+
+@pytest.mark.parametrize("net", ("alex", "squeeze"))
+def test_all_methods_equals_single_configurations(torch_home, net):
+    x0, x1 = images(6), images(7)
+    together = DistanceMetric(net).all_methods(x0, x1)
+    assert set(together) == set(ALL_CONFIGS)
+    for method, norm in ALL_CONFIGS:
+        alone = DistanceMetric(net, method=method, channel_norm=norm)(x0, x1)
+        assert torch.allclose(together[method, norm], alone, rtol=1e-6, atol=0)
+
+
+def test_features_and_distance_split_equals_call(torch_home):
+    metric = DistanceMetric("alex", method="spatial+sort", channel_norm=False)
+    x0, x1 = images(8), images(9)
+    split = metric.distance(metric.features(x0), metric.features(x1))
+    assert torch.equal(split, metric(x0, x1))
+    other = metric.distance(metric.features(x0), metric.features(x1), method="mean", channel_norm=True)
+    assert torch.equal(other, DistanceMetric("alex", method="mean")(x0, x1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_flow_and_identical_inputs_give_zero(torch_home, method):
+    metric = DistanceMetric("alex", method=method, lin=True)
+    metric.clamp_weights()
+    x0, x1 = images(10).requires_grad_(), images(11)
+    metric(x0, x1).sum().backward()
+    assert torch.isfinite(x0.grad).all() and x0.grad.abs().sum() > 0
+    same = images(12)
+    assert torch.equal(metric(same, same.clone()), torch.zeros(2))
+
+
+def test_identical_inputs_give_zero_for_every_configuration(torch_home):
+    x = images(13)
+    for value in DistanceMetric("squeeze").all_methods(x, x.clone()).values():
+        assert torch.equal(value, torch.zeros(2))
+
+
+def test_distance_is_a_usable_loss(torch_home):
+    """A few gradient steps on x0 bring it closer to x1 under the metric."""
+    metric = DistanceMetric("alex")
+    target, x = images(14), images(15).requires_grad_()
+    optimizer = torch.optim.Adam([x], lr=0.02)
+    start = metric(x, target).sum().item()
+    for _ in range(5):
+        optimizer.zero_grad()
+        metric(x.clamp(0, 1), target).sum().backward()
+        optimizer.step()
+    assert metric(x.detach().clamp(0, 1), target).sum().item() < start
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: 2 * x - 1, r"\[0, 1\]"),
+    (lambda x: x * 255, "255"),
+    (lambda x: x[:, :1], r"\(N, 3, H, W\)"),
+    (lambda x: x[0], r"\(N, 3, H, W\)"),
+    (lambda x: (x * 255).to(torch.uint8), "float"),
+])
+def test_bad_inputs_raise_clear_errors(torch_home, bad, message):
+    metric = DistanceMetric("alex")
+    x = images(16)
+    with pytest.raises(ValueError, match=message):
+        metric(bad(x), bad(x))
+
+
+def test_inputs_of_different_shape_are_refused(torch_home):
+    with pytest.raises(ValueError, match="differ in shape"):
+        DistanceMetric("alex")(images(0, size=48), images(1, size=64))
+
+
+def test_renamed_or_missing_key_is_refused(torch_home, tmp_path):
+    weights = torch.load(torch_home["alex"], weights_only=True)
+    weights["features.0.weights"] = weights.pop("features.0.weight")
+    del weights["classifier.6.bias"]
+    path = tmp_path / "broken.pth"
+    torch.save(weights, path)
+    with pytest.raises(ValueError) as error:
+        DistanceMetric("alex", weights=str(path))
+    missing, unexpected = str(error.value).split("unexpected")
+    assert "'features.0.weight'" in missing and "'classifier.6.bias'" in missing
+    assert "'features.0.weights'" in unexpected
+
+
+def test_lpips_weights_with_wrong_keys_are_refused(torch_home, tmp_path):
+    path = tmp_path / "lin.pth"
+    torch.save({f"lin{k}.model.1.weight": torch.ones(1, 8, 1, 1) for k in range(4)}, path)
+    with pytest.raises(ValueError, match="lin4.model.1.weight"):
+        DistanceMetric("alex", lin=True, lpips_weights=str(path))
+
+
+def test_missing_weights_without_network_name_file_url_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens there: no network
+    with pytest.raises(WeightsUnavailableError) as error:
+        FeatureExtractor("alexnet")
+    text = str(error.value)
+    assert "alexnet-owt-7be5be79.pth" in text and "https://download.pytorch.org/models/" in text
+    assert str(tmp_path / "hub" / "checkpoints") in text
+    assert not (tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").exists()
+
+
+def test_aliases_layers_and_frozen_extractor(torch_home):
+    extractor = FeatureExtractor("squeezenet1_1")
+    assert extractor.net == "squeeze" and extractor.layers == LPIPS_LAYERS["squeeze"]
+    assert not extractor.training and not any(p.requires_grad for p in extractor.parameters())
+    assert len(extractor.features) == LPIPS_LAYERS["squeeze"][-1] + 1
+    assert FeatureExtractor("vgg16", trainable=True).training
+    with pytest.raises(ValueError, match="alexnet"):
+        FeatureExtractor("resnet")
+
+
+def test_returned_layer_is_not_overwritten_by_an_inplace_relu(torch_home):
+    """Layer 0 is AlexNet's first conv; the in-place ReLU after it must not clip the returned map."""
+    conv, relu = FeatureExtractor("alex", layers=[0, 1])(images(17))
+    assert (conv < 0).any() and torch.equal(relu, conv.clamp_min(0))
