@@ -10,6 +10,7 @@ between two images' views, for any number of configurations at once).
 import os
 from importlib import resources
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -52,10 +53,22 @@ def transform(f, part):
     if part == "spatial":
         return f
     if part == "sort":
-        return f.flatten(2).sort(dim=2).values.view_as(f)
+        return sort_channels(f)
     if part == "mean":
         return f.mean((2, 3), keepdim=True)
     raise ValueError(f"unknown method part {part!r}; expected spatial, sort or mean")
+
+
+def sort_channels(f):
+    """Each channel's H*W values sorted ascending, laid back as (N, C, H, W).
+
+    On the CPU, without gradients, numpy's vectorised sort gives the same values about
+    ten times faster than torch.sort on these short rows.
+    """
+    flat = f.flatten(2)
+    if flat.device.type == "cpu" and not flat.requires_grad and flat.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(flat.numpy(), axis=-1)).view_as(f)
+    return flat.sort(dim=2).values.view_as(f)
 
 
 def channel_normalize(f, eps=1e-10):
@@ -64,21 +77,29 @@ def channel_normalize(f, eps=1e-10):
 
 
 def layer_distance(a0, a1, lin=None):
-    """Mean over positions of the (learned, if `lin`) sum over channels of (a0 - a1)**2; shape (N,)."""
-    diff = (a0 - a1).square()
-    summed = lin(diff) if lin is not None else diff.sum(1, keepdim=True)
-    return summed.mean((2, 3)).flatten()
+    """Mean over positions of the (learned, if `lin`) sum over channels of (a0 - a1)**2; shape (N,).
+
+    The channel sum and the 1x1 conv are linear, so they commute with the mean over
+    positions: taking the per-channel means first gives the same value with less work.
+    """
+    channel_means = (a0 - a1).square().mean((2, 3))
+    return channel_means.sum(1) if lin is None else lin(channel_means)
 
 
 class LinearLayer(nn.Module):
-    """LPIPS's NetLinLayer: dropout, then a bias-free 1x1 conv to one channel (kept >= 0)."""
+    """LPIPS's NetLinLayer: dropout, then a bias-free 1x1 conv to one channel (kept >= 0).
+
+    The conv is applied to per-channel means of squared differences (N, C), see
+    `layer_distance`; its module layout keeps LPIPS's file keys (`model.1.weight`).
+    """
 
     def __init__(self, channels):
         super().__init__()
         self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, channel_means):
+        dropout, conv = self.model
+        return nn.functional.linear(dropout(channel_means), conv.weight.flatten(1)).flatten()
 
 
 def official_lpips_path(net):
