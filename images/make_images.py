@@ -63,6 +63,7 @@ def block_mean(a):
 
 
 def to_uint8(a):
+    """[0, 1] floats to 0..255 integers (rounded, clipped)."""
     return np.round(np.clip(a, 0.0, 1.0) * 255).astype(np.uint8)
 
 
@@ -213,13 +214,18 @@ def rings(x, y):
     return np.floor(np.hypot(x, y) / 6) % 2 == 0
 
 
-def honeycomb(x, y):
-    """Walls of a hexagonal tiling (cells 16 px across)."""
-    cell = np.array([16.0, 16.0 * np.sqrt(3)])
+def hex_offset(x, y, width=16.0):
+    """Offset (..., 2) of each point from its nearest centre on a hexagonal lattice."""
+    cell = np.array([width, width * np.sqrt(3)])
     p = np.stack([x, y], axis=-1)
     a = np.mod(p, cell) - cell / 2
     b = np.mod(p - cell / 2, cell) - cell / 2
-    q = np.abs(np.where((a * a).sum(-1, keepdims=True) < (b * b).sum(-1, keepdims=True), a, b))
+    return np.where((a * a).sum(-1, keepdims=True) < (b * b).sum(-1, keepdims=True), a, b)
+
+
+def honeycomb(x, y):
+    """Walls of a hexagonal tiling (cells 16 px across)."""
+    q = np.abs(hex_offset(x, y))
     hex_dist = np.maximum(q[..., 0] * 0.5 + q[..., 1] * np.sqrt(3) / 2, q[..., 0])
     return hex_dist > 8 - 1.5
 
@@ -244,11 +250,8 @@ def square(x, y):
 
 
 def dots(x, y):
-    cell = np.array([16.0, 16.0 * np.sqrt(3)])
-    p = np.stack([x, y], axis=-1)
-    a = np.mod(p, cell) - cell / 2
-    b = np.mod(p - cell / 2, cell) - cell / 2
-    return np.minimum(np.hypot(*np.moveaxis(a, -1, 0)), np.hypot(*np.moveaxis(b, -1, 0))) < 6
+    q = hex_offset(x, y)
+    return np.hypot(q[..., 0], q[..., 1]) < 6
 
 
 def letter_f(x, y):
@@ -314,12 +317,6 @@ def save_png(image, path):
 def save(array, out, rel):
     """Write a uint8 array as a PNG at out/rel and return rel."""
     save_png(Image.fromarray(array), out / rel)
-    return rel
-
-
-def save_rgba(colour, alpha, hidden, out, rel):
-    colour = np.where(alpha[..., None] == 0, np.array(hidden, np.uint8), colour)
-    save_png(Image.fromarray(np.dstack([colour, alpha])), out / rel)
     return rel
 
 
