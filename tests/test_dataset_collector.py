@@ -142,6 +142,17 @@ def test_keep_archives_keeps_the_verified_archive(source, server, tmp_path):
     assert (root / ARCHIVES["jnd"]).read_bytes() == archive.read_bytes()
 
 
+def test_tree_without_marker_is_replaced_by_a_complete_one(source, tmp_path):
+    root = tmp_path / "root"
+    (root / "jnd/val/cnn/p0").mkdir(parents=True)
+    (root / "jnd/val/cnn/p0/stale.png").write_bytes(b"left by an interrupted run")
+    _build_archive(source, "jnd", root / ARCHIVES["jnd"])
+    assert fetch_part(root, "jnd")
+    assert _files(root, "jnd") == _files(source, "jnd")
+    assert sorted(p.name for p in root.iterdir()) == [".complete-jnd", "jnd"]
+    assert not fetch_part(root, "jnd")
+
+
 @pytest.mark.parametrize("ignore_range", [False, True], ids=["resume", "server-ignores-range"])
 def test_cut_transfer_fails_cleanly_then_completes(source, server, tmp_path, ignore_range):
     archive = _build_archive(source, "val", server.dir / ARCHIVES["val"])
