@@ -219,3 +219,57 @@ def check_same_shape(x0, x1):
     if torch.is_tensor(x0) and torch.is_tensor(x1) and x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}; "
                          f"resize them to the same (N, 3, H, W)")
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _as_vector(values):
+    return torch.as_tensor(values).detach().flatten().cpu().double()
+
+
+def score_2afc(d0, d1, judge):
+    """Agreement with the human 2AFC judgements, LPIPS's definition: (score, accuracy) in [0, 1].
+
+    `judge` is the fraction of people who found p1 closer to the reference. The score is
+    the mean of `(d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5` (a tie
+    agrees with half of the people); the accuracy the mean of `(d0 < d1) == (judge < 0.5)`.
+    """
+    d0, d1, judge = _as_vector(d0), _as_vector(d1), _as_vector(judge)
+    if not len(d0) == len(d1) == len(judge) or len(d0) == 0:
+        raise ValueError(f"score_2afc needs equally long, non-empty d0, d1, judge; got lengths "
+                         f"{len(d0)}, {len(d1)}, {len(judge)}")
+    score = (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
+    accuracy = ((d0 < d1) == (judge < 0.5)).double()
+    return score.mean().item(), accuracy.mean().item()
+
+
+def score_jnd(d, same):
+    """JND mAP: the area under the precision-recall curve of "a small distance means the same".
+
+    Pairs are ranked by distance, ascending (ties keep their input order); a pair counts
+    `same` as a true positive and `1 - same` as a false one (`same` is the fraction of
+    people who saw no difference), and the area is taken under the monotone precision
+    envelope (`voc_ap`), as LPIPS's `score_jnd_dataset` does. When every pair is the same,
+    precision is 1 everywhere and the mAP 1.0. When no pair is (`same` sums to 0), recall
+    and so the mAP are undefined: the result is nan rather than a number that would pass
+    for a score.
+    """
+    d, same = _as_vector(d), _as_vector(same)
+    if len(d) != len(same) or len(d) == 0:
+        raise ValueError(f"score_jnd needs equally long, non-empty d and same; got lengths {len(d)}, {len(same)}")
+    positives = same.sum()
+    if positives == 0:
+        return float("nan")
+    same = same[torch.argsort(d, stable=True)]
+    true_pos, false_pos = same.cumsum(0), (1 - same).cumsum(0)
+    return voc_ap(true_pos / positives, true_pos / (true_pos + false_pos))
+
+
+def voc_ap(recall, precision):
+    """Area under the precision envelope (the best precision at this or a higher recall), VOC style."""
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    recall = torch.cat([zero, _as_vector(recall), one])
+    envelope = torch.cat([zero, _as_vector(precision), zero]).flip(0).cummax(0).values.flip(0)
+    steps = torch.nonzero(recall[1:] != recall[:-1]).flatten()
+    return ((recall[steps + 1] - recall[steps]) * envelope[steps + 1]).sum().item()
