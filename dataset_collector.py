@@ -42,8 +42,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import requests
 import torch
-import urllib3
 import torch.nn.functional as F
+import urllib3
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
@@ -115,14 +115,15 @@ def load_image(path, size=None):
 
 def _pil_to_tensor(im):
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = torch.from_numpy(np.array(im.convert("RGBA"))).permute(2, 0, 1).float() / 255
+        rgba = np.array(im.convert("RGBA"))
+        rgba = torch.from_numpy(rgba).permute(2, 0, 1).contiguous().float() / 255
         alpha = rgba[3:]
         return rgba[:3] * alpha + (1 - alpha)
     if im.mode.startswith("I;16") or im.mode == "I":
         gray = torch.from_numpy(np.array(im, dtype=np.float32)) / 65535
         return gray.clamp_(0, 1).expand(3, -1, -1).contiguous()
     rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))
-    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float() / 255
 
 
 # ---------------------------------------------------------------- download
@@ -469,9 +470,14 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Download, verify and extract the BAPPS dataset (resumable; parts "
-                    "already complete are skipped).")
-    parser.add_argument("--root", default="datasets/BAPPS", help="dataset folder (default: %(default)s)")
-    parser.add_argument("--parts", nargs="+", choices=list(ARCHIVES), default=["val", "jnd", "train"],
+                    "already complete are skipped).",
+        epilog="An archive downloaded by hand can be placed in ROOT under its own name. "
+               "Environment: BAPPS_URL (base URL), BAPPS_RETRIES (default 4), "
+               "BAPPS_RETRY_DELAY (seconds before the first retry, doubling; default 2).")
+    parser.add_argument("--root", default="datasets/BAPPS",
+                        help="dataset folder (default: %(default)s)")
+    parser.add_argument("--parts", nargs="+", choices=list(ARCHIVES),
+                        default=["val", "jnd", "train"],
                         help="archives to fetch: val (1.1 GB), jnd (0.2 GB), train (5.3 GB); "
                              "default: all")
     parser.add_argument("--url", default=None,

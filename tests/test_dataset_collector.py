@@ -138,8 +138,20 @@ def test_downloads_extracts_exact_layout_then_makes_no_request(source, server, t
 def test_keep_archives_keeps_the_verified_archive(source, server, tmp_path):
     archive = _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
     root = tmp_path / "root"
-    assert main(["--root", str(root), "--parts", "jnd", "--url", server.url, "--keep-archives"]) == 0
+    args = ["--root", str(root), "--parts", "jnd", "--url", server.url, "--keep-archives"]
+    assert main(args) == 0
     assert (root / ARCHIVES["jnd"]).read_bytes() == archive.read_bytes()
+
+
+def test_tree_without_marker_is_replaced_by_a_complete_one(source, tmp_path):
+    root = tmp_path / "root"
+    (root / "jnd/val/cnn/p0").mkdir(parents=True)
+    (root / "jnd/val/cnn/p0/stale.png").write_bytes(b"left by an interrupted run")
+    _build_archive(source, "jnd", root / ARCHIVES["jnd"])
+    assert fetch_part(root, "jnd")
+    assert _files(root, "jnd") == _files(source, "jnd")
+    assert sorted(p.name for p in root.iterdir()) == [".complete-jnd", "jnd"]
+    assert not fetch_part(root, "jnd")
 
 
 @pytest.mark.parametrize("ignore_range", [False, True], ids=["resume", "server-ignores-range"])
@@ -149,8 +161,9 @@ def test_cut_transfer_fails_cleanly_then_completes(source, server, tmp_path, ign
     root = tmp_path / "root"
     env = dict(os.environ, BAPPS_RETRIES="0", BAPPS_RETRY_DELAY="0", NO_PROXY="127.0.0.1")
     first = subprocess.run(
-        [sys.executable, str(REPO / "dataset_collector.py"), "--root", str(root), "--parts", "val",
-         "--url", server.url], env=env, capture_output=True, text=True, timeout=120)
+        [sys.executable, str(REPO / "dataset_collector.py"), "--root", str(root),
+         "--parts", "val", "--url", server.url],
+        env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode != 0
     assert server.url + ARCHIVES["val"] in first.stderr
     assert str(root / ARCHIVES["val"]) in first.stderr
@@ -178,7 +191,8 @@ def test_missing_file_on_server_says_where_to_place_it(server, tmp_path, capsys)
     root = tmp_path / "root"
     assert main(["--root", str(root), "--parts", "jnd", "--url", server.url]) == 1
     err = capsys.readouterr().err
-    assert "404" in err and server.url + ARCHIVES["jnd"] in err and str(root / ARCHIVES["jnd"]) in err
+    assert "404" in err and server.url + ARCHIVES["jnd"] in err
+    assert str(root / ARCHIVES["jnd"]) in err
     assert len(server.state.requests) == 1
     assert not marker_path(root, "jnd").exists()
 
