@@ -312,7 +312,8 @@ def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=Non
 
     One baseline metric computes every configuration. `lin` needs a metric per
     configuration for its linear weights (`lpips_weights`, loaded strictly into each);
-    they all run the first one's backbone, so each image still goes through it once.
+    they all run the first one's backbone, so each image still goes through it once
+    (the others' copies, read from the memory-mapped weights file, are dropped).
     """
     if variant == "baseline":
         return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize))

@@ -175,7 +175,8 @@ def test_all_baseline_configurations_equal_independent_scores(torch_home, bapps,
 
     rows = read_csv(tmp_path)
     assert len(rows) == len(ALL_CONFIGS) * (6 * 2 + 2)
-    assert {(r["net"], r["variant"], r["normalize"], r["version"]) for r in rows} == {("alex", "baseline", "imagenet", "0")}
+    assert {(r["net"], r["variant"], r["normalize"], r["version"]) for r in rows} == {
+        ("alex", "baseline", "imagenet", "0")}
     assert {(r["dataset"], r["n"]) for r in rows} == {("2afc", "4"), ("jnd", "8")}
     assert_scores_equal(values(rows), expected_scores(bapps, features, compare))
 
@@ -344,8 +345,8 @@ def test_table_aggregates_versions_and_marks_missing_cells():
     spread = f"{100 * statistics.stdev([0.5, 0.7]):.1f}"
     assert cells[0] == ["alex", "lin", "spatial", "true", "imagenet", "2", f"60.0 ± {spread}", "–", "–", "–",
                         f"80.0 ± {spread}", "–", f"70.0 ± {spread}", "–"]
-    assert cells[1] == ["vgg", "baseline", "spatial", "true", "imagenet", "1", "–", "80.0", "–", "–", "–", "–",
-                        "80.0", "55.0"]
+    assert cells[1] == ["vgg", "baseline", "spatial", "true", "imagenet", "1",
+                        "–", "80.0", "–", "–", "–", "–", "80.0", "55.0"]
 
 
 def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
