@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import time
+import warnings
 
 import torch
 
-from experiment import ALL_CONFIGS, DistanceMetric
+from experiment import ALL_CONFIGS, PAIRS, DistanceMetric, batch_distances
 from loss_networks import build_classifier, canonical_net, checkpoint_path
 
 
@@ -60,7 +61,9 @@ def best_time(fn, device, repeats, warmup):
 def lpips_package(net, metric, device):
     """lpips.LPIPS with the official linear weights and our backbone's weights copied in."""
     import lpips
-    model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated `pretrained=`
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
     ours = metric.net.features.state_dict()
     for name, param in model.net.named_parameters():
         _, index, rest = name.split(".", 2)
@@ -69,9 +72,8 @@ def lpips_package(net, metric, device):
 
 
 def triplet_distances(metric, configs, ref, p0, p1):
-    """2AFC distances (d0, d1) for `configs`, each image through the backbone once."""
-    vr, v0, v1 = (metric.views(metric.features(x), configs) for x in (ref, p0, p1))
-    return metric.compare(vr, v0, configs), metric.compare(vr, v1, configs)
+    """2AFC distances for `configs` as the evaluation computes them, each image through the backbone once."""
+    return batch_distances(dict.fromkeys(configs, metric), {"ref": ref, "p0": p0, "p1": p1}, PAIRS["2afc"])
 
 
 def bench_net(net, args, device):
@@ -98,7 +100,7 @@ def bench_net(net, args, device):
     }
     with torch.inference_mode():
         ms = {name: best_time(fn, device, args.repeats, args.warmup) for name, fn in contenders.items()}
-        ours = torch.cat(list(triplet_distances(official, official.configs(), ref, p0, p1)[0].values()))
+        ours = triplet_distances(official, official.configs(), ref, p0, p1)[official.configs()[0]][0]
         theirs = package(2 * ref - 1, 2 * p0 - 1).flatten()
     agreement = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
     return {"net": net, "weights": "imagenet" if pretrained else "random", "batch": args.batch,

@@ -357,28 +357,42 @@ def _shared_feature_metric(metrics):
     return first
 
 
-def set_distances(metrics, loader, dataset, device="cpu", desc=None):
-    """Distances of every configuration on one BAPPS set, each image through the backbone once.
+def batch_distances(metrics, images, pairs):
+    """{config: [distances (N,) per pair]} for one batch of `images` ({name: tensor}).
 
     `metrics` maps (method, channel_norm) to the DistanceMetric holding that configuration's
-    weights, all sharing one FeatureExtractor (a 2AFC reference serves both comparisons).
-    Returns ({config: [distances (N,) per pair]}, labels (N,)), on the CPU: 2AFC pairs
-    are (ref, p0), (ref, p1) with labels `judge`; JND has (p0, p1) with labels `same`.
+    weights, all sharing one FeatureExtractor: each image goes through it once and its
+    views are made once, whatever the number of pairs and configurations.
     """
-    feature_metric, configs, pairs = _shared_feature_metric(metrics), list(metrics), PAIRS[dataset]
+    feature_metric, configs = _shared_feature_metric(metrics), list(metrics)
+    views = {name: feature_metric.views(feature_metric.features(images[name]), configs)
+             for name in dict.fromkeys(name for pair in pairs for name in pair)}
     groups = {}
     for config, metric in metrics.items():
         groups.setdefault(id(metric), (metric, []))[1].append(config)
-    distances, labels = {config: [[] for _ in pairs] for config in configs}, []
+    distances = {config: [None] * len(pairs) for config in configs}
+    for metric, group in groups.values():
+        for i, (a, b) in enumerate(pairs):
+            for config, d in metric.compare(views[a], views[b], group).items():
+                distances[config][i] = d
+    return distances
+
+
+def set_distances(metrics, loader, dataset, device="cpu", desc=None):
+    """Distances of every configuration on one BAPPS set, each image through the backbone once.
+
+    Returns ({config: [distances (N,) per pair]}, labels (N,)), on the CPU: 2AFC pairs
+    are (ref, p0), (ref, p1) with labels `judge` (a reference serves both comparisons);
+    JND has (p0, p1) with labels `same`. See `batch_distances` for `metrics`.
+    """
+    pairs = PAIRS[dataset]
+    distances, labels = {config: [[] for _ in pairs] for config in metrics}, []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch"):
-            views = {key: feature_metric.views(feature_metric.features(batch[key].to(device, non_blocking=True)),
-                                               configs)
-                     for key in dict.fromkeys(key for pair in pairs for key in pair)}
-            for metric, group in groups.values():
-                for i, (a, b) in enumerate(pairs):
-                    for config, d in metric.compare(views[a], views[b], group).items():
-                        distances[config][i].append(d.float().cpu())
+            images = {name: batch[name].to(device, non_blocking=True) for pair in pairs for name in pair}
+            for config, per_pair in batch_distances(metrics, images, pairs).items():
+                for i, d in enumerate(per_pair):
+                    distances[config][i].append(d.float().cpu())
             labels.append(batch[LABELS[dataset]].flatten().float())
     return {config: [torch.cat(d) for d in per_pair] for config, per_pair in distances.items()}, torch.cat(labels)
 
