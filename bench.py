@@ -16,17 +16,20 @@ the largest relative difference).
 
     python bench.py                      # alex, B=50, 64x64, CPU
     python bench.py --net alex squeeze vgg --size 256 --device cuda --json
+    python bench.py --end-to-end 100     # + experiment.py's evaluation, all ten vs one configuration
 """
 import argparse
 import json
 import os
+import tempfile
 import time
 import warnings
 
 import torch
 
-from experiment import ALL_CONFIGS, PAIRS, DistanceMetric, batch_distances
+from experiment import ALL_CONFIGS, PAIRS, DistanceMetric, bapps_sets, batch_distances, evaluate, make_loader
 from loss_networks import build_classifier, canonical_net, checkpoint_path
+from tests.bapps_fake import make_bapps
 
 
 def parse_args(argv=None):
@@ -38,6 +41,10 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    parser.add_argument("--end-to-end", type=int, metavar="N", default=0,
+                        help="also time the BAPPS evaluation of experiment.py (all ten configurations vs "
+                             "spatial with channel norm) on a generated BAPPS tree of N examples per subsplit")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for --end-to-end")
     return parser.parse_args(argv)
 
 
@@ -110,6 +117,27 @@ def bench_net(net, args, device):
             "max_rel_diff_vs_lpips": agreement}
 
 
+def bench_end_to_end(net, args, device):
+    """Seconds of experiment.py's evaluation (startup excluded) for all ten configurations vs one."""
+    pretrained = os.path.isfile(checkpoint_path(net))
+    metrics = {"spatial, norm on": dict.fromkeys([("spatial", True)], DistanceMetric(net, pretrained=pretrained)),
+               "all ten": dict.fromkeys(ALL_CONFIGS, DistanceMetric(net, pretrained=pretrained))}
+    seconds = {}
+    with tempfile.TemporaryDirectory() as root:
+        make_bapps(root, n_2afc=args.end_to_end, n_jnd=args.end_to_end, splits=("val", "jnd"))
+        sets = bapps_sets(root, download=False)
+        for name, configs in metrics.items():
+            next(iter(configs.values())).to(device)
+            start = time.perf_counter()
+            for dataset, subsplit, data in sets:
+                evaluate(configs, make_loader(data, args.batch, args.num_workers, device), dataset, device,
+                         desc=f"{net} {name} {dataset}/{subsplit}")
+            seconds[name] = time.perf_counter() - start
+    examples = sum(len(data) for *_, data in sets)
+    return {"net": net, "examples": examples, "seconds": seconds,
+            "ratio": seconds["all ten"] / seconds["spatial, norm on"]}
+
+
 def markdown(rows):
     """The results as a markdown table."""
     names = list(rows[0]["ms"])
@@ -128,8 +156,17 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
-    rows = [bench_net(canonical_net(net), args, device) for net in args.net]
-    print(json.dumps(rows, indent=2) if args.json else markdown(rows))
+    nets = [canonical_net(net) for net in args.net]
+    rows = [bench_net(net, args, device) for net in nets]
+    end_to_end = [bench_end_to_end(net, args, device) for net in nets] if args.end_to_end else []
+    if args.json:
+        print(json.dumps({"batch": rows, "end_to_end": end_to_end}, indent=2))
+        return
+    print(markdown(rows))
+    for row in end_to_end:
+        print(f"\nend to end, {row['net']}, {row['examples']} BAPPS examples: "
+              + ", ".join(f"{name} {s:.1f} s" for name, s in row["seconds"].items())
+              + f"; ratio {row['ratio']:.2f}")
 
 
 if __name__ == "__main__":
