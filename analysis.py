@@ -122,11 +122,12 @@ def check_case(path, image_dir, line, row):
 
 
 def find_refs(image_dir, cases):
-    """The reference images (paths relative to `image_dir`); an error if a case needs them and there are none."""
-    refs = image_files(os.path.join(image_dir, REF_FOLDER), image_dir)
+    """The reference images, relative to `image_dir`; an error if a case needs them and there are none."""
+    folder = os.path.join(image_dir, REF_FOLDER)
+    refs = image_files(folder, image_dir)
     if not refs and any(case.rule == RULE_REFS for case in cases):
-        raise AnalysisError(f"rule {RULE_REFS} needs reference images in {os.path.join(image_dir, REF_FOLDER)}, "
-                            f"found none; generate them with `python images/make_images.py`")
+        raise AnalysisError(f"rule {RULE_REFS} needs reference images in {folder}, found none; "
+                            f"generate them with `python images/make_images.py`")
     return refs
 
 
@@ -140,7 +141,10 @@ def resolve_device(name):
     """`auto` -> cuda when available, else cpu; anything else as torch.device understands it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnalysisError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return device
 
 
 def build_metric(net, weights_dir=None, device="cpu"):
@@ -186,7 +190,8 @@ def pair_distances(metric, image_dir, pairs, configs, size=None, device="cpu", b
     with torch.inference_mode():
         for pair in tqdm(pairs, desc=desc, unit="pair"):
             while any(path not in views for path in pair):
-                views.update(image_views(metric, image_dir, order[done:done + batch_size], configs, size, device))
+                batch = order[done:done + batch_size]
+                views.update(image_views(metric, image_dir, batch, configs, size, device))
                 done += batch_size
             (shape0, v0), (shape1, v1) = views[pair[0]], views[pair[1]]
             if shape0 != shape1:
@@ -225,7 +230,9 @@ def case_rows(net, configs, cases, refs, distances):
 def csv_text(header, rows):
     """CSV of `rows` (lists); floats written exactly (repr), bools as true/false."""
     def cell(value):
-        return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, float) else value
+        if isinstance(value, bool):
+            return str(value).lower()
+        return repr(value) if isinstance(value, float) else value
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -325,7 +332,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--image-dir", default="images", help="folder with manifest.csv and ref/ (default: images)")
+    parser.add_argument("--image-dir", default="images",
+                        help="folder with manifest.csv and ref/ (default: images)")
     parser.add_argument("--out", default="logs", help="output folder (default: logs)")
     parser.add_argument("--net", nargs="+", type=canonical_net, default=list(NETWORKS),
                         help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16; default: all)")
@@ -340,15 +348,20 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--weights-dir", default=None,
                         help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--size", args.size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     configs = select_configs(args.method, args.channel_norm)
     try:
-        rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size,
-                             resolve_device(args.device), args.weights_dir, args.batch_size)
+        device = resolve_device(args.device)
+        rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, device,
+                             args.weights_dir, args.batch_size)
     except (AnalysisError, ImageLoadError, WeightsUnavailableError) as err:
         sys.exit(f"analysis.py: error: {err}")
     paths, markdown = write_outputs(args.out, rows, refs)

@@ -54,7 +54,8 @@ def find_image(image_dir, substrings):
         return os.path.join(image_dir, matches[0])
     shown = matches or candidates
     raise AnalysisError(
-        f"--image {' '.join(substrings)} matches {len(matches)} of the {len(candidates)} images in {image_dir}; "
+        f"--image {' '.join(substrings)} matches {len(matches)} of the {len(candidates)} images "
+        f"in {image_dir}; "
         f"give substrings that match exactly one, or --path FILE. "
         f"{'Matches' if matches else 'Images'}:\n  " + "\n  ".join(shown))
 
@@ -167,7 +168,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default: 64)")
     parser.add_argument("--size", type=int, default=None, help="load the images at SIZE x SIZE")
     parser.add_argument("--compare", metavar="PATH", help="also draw the per-pixel distance to this image")
-    parser.add_argument("--method", choices=METHODS, default="spatial", help="method of --compare (default: spatial)")
+    parser.add_argument("--method", choices=METHODS, default="spatial",
+                        help="method of --compare (default: spatial)")
     parser.add_argument("--channel-norm", choices=("on", "off"), default="on",
                         help="channel normalisation for --compare (default: on)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
@@ -182,8 +184,8 @@ def parse_args(argv=None):
 
 def draw(args):
     """Write the pictures the arguments ask for; returns their paths."""
-    path = args.path if args.path is not None else find_image(args.image_dir, args.image)
     device = resolve_device(args.device)
+    path = args.path if args.path is not None else find_image(args.image_dir, args.image)
     metric = build_metric(args.network, args.weights_dir, device)
     x = load_image(path, args.size)[None].to(device)
     stem = os.path.splitext(os.path.basename(path))[0]

@@ -70,7 +70,7 @@ def make_folder(folder):
 
 
 def load_white(path):
-    """The image as (1, 3, H, W) in [0, 1], alpha composited over white (written here, not the project's loader)."""
+    """The image as (1, 3, H, W) in [0, 1], alpha over white (written here, not the project's loader)."""
     rgba = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255
     rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
@@ -119,7 +119,7 @@ def test_rows_columns_and_rules(synthetic):
 
 def test_distances_equal_the_metric_on_independently_loaded_pairs(synthetic, torch_home):
     folder, _, rows = synthetic
-    metrics = {config: DistanceMetric("alex", method=config[0], channel_norm=config[1]) for config in ALL_CONFIGS}
+    metrics = {(m, n): DistanceMetric("alex", method=m, channel_norm=n) for m, n in ALL_CONFIGS}
     for row in rows:
         metric = metrics[row["method"], row["channel_norm"] == "true"]
         x = load_white(folder / row["image"])
@@ -183,6 +183,19 @@ def test_rerun_with_a_subset_overwrites_its_outputs(synthetic, torch_home, tmp_p
     assert sorted(os.listdir(out)) == ["results.csv", "summary.csv", "summary.md", "summary.png"]
 
 
+def test_each_image_goes_through_the_backbone_once(synthetic, torch_home, tmp_path, monkeypatch):
+    folder, _, first_rows = synthetic
+    passed = []
+    features = DistanceMetric.features
+    monkeypatch.setattr(DistanceMetric, "features", lambda self, x: passed.append(len(x)) or features(self, x))
+    analysis.main(["--image-dir", str(folder), "--out", str(tmp_path), "--net", "alex", "--batch-size", "3"])
+    distinct = {p for case in CASES for p in (case[1], case[2], case[3].removeprefix("closer_than:"))} - {
+        "closer_than_refs"}
+    assert sum(passed) == len(distinct | set(REFS)) and max(passed) <= 3
+    for row, first in zip(read_rows(tmp_path / "results.csv"), first_rows, strict=True):
+        assert_close(float(row["distance"]), float(first["distance"]))
+
+
 def test_weights_dir_replaces_torch_home(synthetic, weights_home, tmp_path, monkeypatch):
     folder, _, first_rows = synthetic
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
@@ -197,7 +210,8 @@ def test_weights_dir_replaces_torch_home(synthetic, weights_home, tmp_path, monk
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda rows: rows + [("rotate", "a/tex.png", "a/missing.png", "closer_than_refs")], r"line 6: variant .*missing"),
+    (lambda rows: rows + [("rotate", "a/tex.png", "a/missing.png", "closer_than_refs")],
+     r"line 6: variant .*missing"),
     (lambda rows: [rows[0][:3] + ("farther_than_refs",)], r"line 2: unknown rule 'farther_than_refs'"),
     (lambda rows: [rows[2][:3] + ("closer_than:a/gone.png",)], r"line 2: other .*a/gone.png"),
     (lambda rows: [("kind", "image", "variant", "rule")] + rows, r"lacks the columns \['category'\]"),
@@ -279,8 +293,10 @@ def test_real_image_distances_equal_the_metric(real_run, torch_home, net):
         expected = {pair: metric.all_methods(*(load_white(images / p) for p in pair)) for pair in pairs}
         first = rows[0]
         assert (first["method"], first["channel_norm"]) == ("spatial", "true")
-        assert_close(float(first["distance"]), metric(*(load_white(images / first[c]) for c in ("image", "variant"))).item())
+        pair = (load_white(images / first[c]) for c in ("image", "variant"))
+        assert_close(float(first["distance"]), metric(*pair).item())
     for row in rows:
         config = (row["method"], row["channel_norm"] == "true")
         assert_close(float(row["distance"]), expected[row["image"], row["variant"]][config].item())
-        assert_close(float(row["threshold_distance"]), expected[row["image"], row["threshold_image"]][config].item())
+        threshold = expected[row["image"], row["threshold_image"]][config].item()
+        assert_close(float(row["threshold_distance"]), threshold)

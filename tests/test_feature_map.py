@@ -38,10 +38,11 @@ def images(seed, n=1, size=SIZE):
 
 
 def test_help_runs():
-    done = subprocess.run([sys.executable, "feature_map.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "feature_map.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for flag in ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show"):
+    flags = ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show")
+    for flag in flags:
         assert flag in done.stdout
 
 
