@@ -337,8 +337,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="logs", help="output folder (default: logs)")
     parser.add_argument("--net", nargs="+", type=canonical_net, default=list(NETWORKS),
                         help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16; default: all)")
-    parser.add_argument("--method", nargs="+", choices=(*METHODS, "all"), default=["all"],
-                        help="methods (default: all)")
+    parser.add_argument("--method", nargs="+", choices=(*METHODS, "all"), default=["all"], metavar="METHOD",
+                        help=f"methods: {', '.join(METHODS)} or all (default: all)")
     parser.add_argument("--channel-norm", choices=tuple(NORM_CHOICES), default="both",
                         help="channel-wise normalisation on, off or both (default: both)")
     parser.add_argument("--size", type=int, default=None,
