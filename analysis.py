@@ -137,6 +137,14 @@ def select_configs(methods, channel_norm):
     return [(m, n) for m, n in ALL_CONFIGS if m in methods and n in NORM_CHOICES[channel_norm]]
 
 
+def network_name(name):
+    """argparse type: the canonical network name, or an error listing the valid ones."""
+    try:
+        return canonical_net(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def resolve_device(name):
     """`auto` -> cuda when available, else cpu; anything else as torch.device understands it."""
     if name == "auto":
@@ -335,7 +343,7 @@ def parse_args(argv=None):
     parser.add_argument("--image-dir", default="images",
                         help="folder with manifest.csv and ref/ (default: images)")
     parser.add_argument("--out", default="logs", help="output folder (default: logs)")
-    parser.add_argument("--net", nargs="+", type=canonical_net, default=list(NETWORKS),
+    parser.add_argument("--net", nargs="+", type=network_name, default=list(NETWORKS),
                         help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16; default: all)")
     parser.add_argument("--method", nargs="+", choices=(*METHODS, "all"), default=["all"], metavar="METHOD",
                         help=f"methods: {', '.join(METHODS)} or all (default: all)")

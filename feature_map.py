@@ -38,10 +38,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis import AnalysisError, build_metric, image_files, resolve_device, write_atomically
+from analysis import AnalysisError, build_metric, image_files, network_name, resolve_device, write_atomically
 from dataset_collector import ImageLoadError, load_image
 from experiment import METHODS, PARTS, channel_normalize
-from loss_networks import WeightsUnavailableError, canonical_net
+from loss_networks import WeightsUnavailableError
 
 
 def find_image(image_dir, substrings):
@@ -161,7 +161,7 @@ def parse_args(argv=None):
                        help="substrings of the image's path under --image-dir (all must match, one file)")
     which.add_argument("--path", help="the image file")
     parser.add_argument("--image-dir", default="images", help="folder --image searches (default: images)")
-    parser.add_argument("--network", type=canonical_net, default="alex",
+    parser.add_argument("--network", type=network_name, default="alex",
                         help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg; default: alexnet)")
     parser.add_argument("--out", default=os.path.join("logs", "feature_maps"),
                         help="output folder (default: logs/feature_maps)")
