@@ -1,0 +1,217 @@
+"""Feature-map pictures: what a loss network sees in one image, and where two images differ.
+
+    python feature_map.py --image rings _inv --network alexnet
+    python feature_map.py --path photo.png --network vgg16 --max-channels 32
+    python feature_map.py --image rotate/clouds. --compare images/rotate/clouds_rot90.png --method sort
+
+`--image` picks the one file under `--image-dir` whose path (relative to it) contains
+every given substring, ignoring case; `--path` names a file directly.
+
+For each extraction layer k of the network (the LPIPS layers, k = 0, 1, ... in network
+order) `OUT/<stem>_<net>_layer<k>.png` shows the first `--max-channels` channels as a
+grid: the raw activations on the left, the channel-normalised ones (divided by the L2
+norm over channels at each position) on the right. Each channel map is stretched to
+[0, 1] on its own for display.
+
+With `--compare PATH`, `OUT/<stem>_vs_<stem2>_<net>_<method>_<norm|raw>.png` shows both
+images and the per-pixel distance map of `--method` overlaid on the first: for each
+layer and each position of the method's view, the sum over channels of the squared
+difference, upsampled (bilinear) to the image size, then summed over layers (as LPIPS's
+spatial output), so the map's mean is close to the metric's value. What a position is
+depends on the method: `spatial` compares the same place in both images; `sort`
+compares the k-th smallest value of each channel, laid out row by row over the layer's
+grid, so its map tells where in that order the images differ, not where in the image;
+`mean` has one position per layer and adds a constant.
+
+The paths written are printed; `--show` opens them in the system's image viewer.
+"""
+import argparse
+import io
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
+
+from analysis import AnalysisError, build_metric, image_files, network_name, resolve_device, write_atomically
+from dataset_collector import ImageLoadError, load_image
+from experiment import METHODS, PARTS, channel_normalize
+from loss_networks import WeightsUnavailableError
+
+
+def find_image(image_dir, substrings):
+    """The one image under `image_dir` whose relative path contains every substring (case-insensitive)."""
+    if not os.path.isdir(image_dir):
+        raise AnalysisError(f"no image folder {image_dir}: pass --image-dir FOLDER, or --path FILE")
+    candidates = image_files(image_dir)
+    matches = [p for p in candidates if all(s.lower() in p.lower() for s in substrings)]
+    if len(matches) == 1:
+        return os.path.join(image_dir, matches[0])
+    shown = matches or candidates
+    raise AnalysisError(
+        f"--image {' '.join(substrings)} matches {len(matches)} of the {len(candidates)} images "
+        f"in {image_dir}; "
+        f"give substrings that match exactly one, or --path FILE. "
+        f"{'Matches' if matches else 'Images'}:\n  " + "\n  ".join(shown))
+
+
+def channel_mosaic(f, max_channels):
+    """The first `max_channels` maps of `f` (C, H, W), each stretched to [0, 1], tiled with NaN gaps."""
+    f = f[:max_channels].float().cpu()
+    c, h, w = f.shape
+    lo, hi = f.amin((1, 2), keepdim=True), f.amax((1, 2), keepdim=True)
+    f = ((f - lo) / (hi - lo).clamp_min(1e-12)).numpy()
+    cols = math.ceil(math.sqrt(c))
+    rows = math.ceil(c / cols)
+    grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i in range(c):
+        r, q = divmod(i, cols)
+        grid[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = f[i]
+    return grid
+
+
+def png_bytes(fig):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    return buffer.getvalue()
+
+
+def layer_figure(raw, title, max_channels):
+    """PNG bytes: the channels of one activation (C, H, W), raw and channel-normalised side by side."""
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    fig = Figure(figsize=(12, 6.6), layout="constrained")
+    panels = (("raw", raw), ("channel-normalised", channel_normalize(raw[None])[0]))
+    for ax, (name, f) in zip(fig.subplots(1, 2), panels):
+        ax.imshow(channel_mosaic(f, max_channels), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    return png_bytes(fig)
+
+
+def write_feature_maps(metric, x, stem, out, max_channels):
+    """One PNG per extraction layer of `metric` for image `x` (1, 3, H, W); returns the paths."""
+    with torch.inference_mode():
+        feats = metric.features(x)
+    net, paths = metric.net.net, []
+    for k, (index, f) in enumerate(zip(metric.net.layers, feats)):
+        c, h, w = f.shape[1:]
+        shown = f", first {max_channels} shown" if c > max_channels else ""
+        title = f"{stem}: {net} layer {k} (features[{index}]), {c} channels of {h}x{w}{shown}"
+        paths.append(os.path.join(out, f"{stem}_{net}_layer{k}.png"))
+        write_atomically(paths[-1], layer_figure(f[0], title, max_channels))
+    return paths
+
+
+def distance_map(metric, x0, x1, method="spatial", channel_norm=True):
+    """Per-pixel distance (N, H, W): per layer and view position the channel sum of squared differences,
+    upsampled to the image size and summed over layers."""
+    configs = [(method, bool(channel_norm))]
+    v0, v1 = (metric.views(metric.features(x), configs) for x in (x0, x1))
+    total = 0
+    for part in PARTS[method]:
+        for a0, a1 in zip(v0[part, bool(channel_norm)], v1[part, bool(channel_norm)]):
+            per_position = (a0 - a1).square().sum(1, keepdim=True)
+            total = total + F.interpolate(per_position, size=x0.shape[2:], mode="bilinear", align_corners=False)
+    return total[:, 0]
+
+
+def compare_figure(x0, x1, dmap, names, title):
+    """PNG bytes: both images, then the distance map overlaid on the first."""
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, x, name in zip(axes, (x0, x1), names):
+        ax.imshow(x[0].permute(1, 2, 0).cpu().numpy())
+        ax.set_title(name)
+    axes[2].imshow(x0[0].mean(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    overlay = axes[2].imshow(dmap.cpu().numpy(), cmap="inferno", alpha=0.6)
+    axes[2].set_title("distance per pixel")
+    fig.colorbar(overlay, ax=axes[2])
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    return png_bytes(fig)
+
+
+def write_distance_map(metric, x0, x1, names, out, method, channel_norm):
+    """The comparison PNG of images x0 and x1 (1, 3, H, W); returns its path."""
+    with torch.inference_mode():
+        dmap = distance_map(metric, x0, x1, method, channel_norm)[0]
+        value = metric.distance(metric.features(x0), metric.features(x1), method, channel_norm).item()
+    norm = "norm" if channel_norm else "raw"
+    title = (f"{metric.net.net}, {method}, channel norm {'on' if channel_norm else 'off'}: "
+             f"distance {value:.4g} (map mean {dmap.mean().item():.4g})")
+    stems = [os.path.splitext(os.path.basename(name))[0] for name in names]
+    path = os.path.join(out, f"{stems[0]}_vs_{stems[1]}_{metric.net.net}_{method}_{norm}.png")
+    write_atomically(path, compare_figure(x0, x1, dmap, names, title))
+    return path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--image", nargs="+", metavar="SUBSTRING",
+                       help="substrings of the image's path under --image-dir (all must match, one file)")
+    which.add_argument("--path", help="the image file")
+    parser.add_argument("--image-dir", default="images", help="folder --image searches (default: images)")
+    parser.add_argument("--network", type=network_name, default="alex",
+                        help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg; default: alexnet)")
+    parser.add_argument("--out", default=os.path.join("logs", "feature_maps"),
+                        help="output folder (default: logs/feature_maps)")
+    parser.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default: 64)")
+    parser.add_argument("--size", type=int, default=None, help="load the images at SIZE x SIZE")
+    parser.add_argument("--compare", metavar="PATH", help="also draw the per-pixel distance to this image")
+    parser.add_argument("--method", choices=METHODS, default="spatial",
+                        help="method of --compare (default: spatial)")
+    parser.add_argument("--channel-norm", choices=("on", "off"), default="on",
+                        help="channel normalisation for --compare (default: on)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--weights-dir", default=None,
+                        help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
+    parser.add_argument("--show", action="store_true", help="open the pictures in the image viewer")
+    args = parser.parse_args(argv)
+    if args.max_channels < 1:
+        parser.error(f"--max-channels must be at least 1, got {args.max_channels}")
+    return args
+
+
+def draw(args):
+    """Write the pictures the arguments ask for; returns their paths."""
+    device = resolve_device(args.device)
+    path = args.path if args.path is not None else find_image(args.image_dir, args.image)
+    metric = build_metric(args.network, args.weights_dir, device)
+    x = load_image(path, args.size)[None].to(device)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    paths = write_feature_maps(metric, x, stem, args.out, args.max_channels)
+    if args.compare is not None:
+        x1 = load_image(args.compare, args.size)[None].to(device)
+        if x1.shape != x.shape:
+            raise AnalysisError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
+                                f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
+        paths.append(write_distance_map(metric, x, x1, (path, args.compare), args.out, args.method,
+                                        args.channel_norm == "on"))
+    return paths
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        paths = draw(args)
+    except (AnalysisError, ImageLoadError, WeightsUnavailableError) as err:
+        sys.exit(f"feature_map.py: error: {err}")
+    for path in paths:
+        print(path)
+        if args.show:
+            with Image.open(path) as picture:
+                picture.show()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""analysis.py: its distances against the metric on independently loaded pairs, its rules, files and errors."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import analysis
+from experiment import ALL_CONFIGS, DistanceMetric
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 48
+CASES = [
+    ("same", "a/tex.png", "a/tex_copy.png", "closer_than_refs"),
+    ("rotate", "a/tex.png", "a/tex_rot90.png", "closer_than_refs"),
+    ("stain", "a/tex.png", "a/tex_global.png", "closer_than:a/tex_stain.png"),
+    ("alpha", "b/pic.png", "b/pic_alpha.png", "closer_than_refs"),
+]
+REFS = ("ref/black.png", "ref/noise.png", "ref/white.png")
+MAGENTA = (255, 0, 255)
+
+
+def texture(seed, size=SIZE):
+    """A smooth random RGB picture (uint8), upsampled from coarse noise."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+
+
+def save(folder, rel, array):
+    path = folder / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def write_manifest(folder, rows):
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("category", "image", "variant", "rule"), *rows])
+
+
+def make_folder(folder):
+    """The CASES: a byte copy, a rotation, a stain against a global offset, and an RGBA variant whose
+    transparent half hides magenta where its image is white."""
+    tex = texture(0)
+    save(folder, "a/tex.png", tex)
+    shutil.copy(folder / "a/tex.png", folder / "a/tex_copy.png")
+    save(folder, "a/tex_rot90.png", np.ascontiguousarray(np.rot90(tex)))
+    stained = tex.copy()
+    stained[10:18, 10:18] = (255, 0, 0)
+    save(folder, "a/tex_stain.png", stained)
+    save(folder, "a/tex_global.png", np.clip(tex.astype(int) + 12, 0, 255).astype(np.uint8))
+    pic = texture(1)
+    pic[:, : SIZE // 2] = 255
+    save(folder, "b/pic.png", pic)
+    alpha = np.full((SIZE, SIZE, 1), 255, np.uint8)
+    alpha[:, : SIZE // 2] = 0
+    hidden = pic.copy()
+    hidden[:, : SIZE // 2] = MAGENTA
+    save(folder, "b/pic_alpha.png", np.concatenate([hidden, alpha], axis=2))
+    for name, value in (("black", 0), ("white", 255)):
+        save(folder, f"ref/{name}.png", np.full((SIZE, SIZE, 3), value, np.uint8))
+    save(folder, "ref/noise.png", np.random.default_rng(2).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    write_manifest(folder, CASES)
+    return folder
+
+
+def load_white(path):
+    """The image as (1, 3, H, W) in [0, 1], alpha over white (written here, not the project's loader)."""
+    rgba = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255
+    rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
+
+
+def load_dropping_alpha(path):
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_close(ours, ref, rtol=1e-5, atol=1e-7):
+    assert abs(ours - ref) <= atol + rtol * abs(ref), f"{ours} vs {ref}"
+
+
+@pytest.fixture(scope="module")
+def synthetic(weights_home, tmp_path_factory):
+    """One in-process run of analysis.py over the synthetic folder with AlexNet: (folder, out, rows, stdout)."""
+    folder = make_folder(tmp_path_factory.mktemp("images"))
+    out = tmp_path_factory.mktemp("out")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", weights_home["home"])
+        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alexnet", "--device", "cpu"])
+    return folder, out, read_rows(out / "results.csv")
+
+
+def test_rows_columns_and_rules(synthetic):
+    _, _, rows = synthetic
+    assert list(rows[0]) == [*analysis.RESULT_COLUMNS, *(f"ref:{Path(r).name}" for r in REFS)]
+    assert len(rows) == len(ALL_CONFIGS) * len(CASES)
+    assert {(r["net"], r["method"], r["channel_norm"]) for r in rows} == {
+        ("alex", m, str(n).lower()) for m, n in ALL_CONFIGS}
+    for row in rows:
+        refs = {ref: float(row[f"ref:{Path(ref).name}"]) for ref in REFS}
+        expected = row["rule"].removeprefix("closer_than:") if row["rule"] != "closer_than_refs" \
+            else min(refs, key=refs.get)
+        assert row["threshold_image"] == expected
+        if row["rule"] == "closer_than_refs":
+            assert float(row["threshold_distance"]) == min(refs.values())
+        assert row["success"] == str(float(row["distance"]) < float(row["threshold_distance"])).lower()
+
+
+def test_distances_equal_the_metric_on_independently_loaded_pairs(synthetic, torch_home):
+    folder, _, rows = synthetic
+    metrics = {(m, n): DistanceMetric("alex", method=m, channel_norm=n) for m, n in ALL_CONFIGS}
+    for row in rows:
+        metric = metrics[row["method"], row["channel_norm"] == "true"]
+        x = load_white(folder / row["image"])
+        partners = {"distance": row["variant"], "threshold_distance": row["threshold_image"],
+                    **{f"ref:{Path(r).name}": r for r in REFS}}
+        for column, partner in partners.items():
+            with torch.no_grad():
+                expected = metric(x, load_white(folder / partner)).item()
+            assert_close(float(row[column]), expected)
+
+
+def test_identical_variant_is_closer_than_every_reference(synthetic):
+    _, _, rows = synthetic
+    same = [r for r in rows if r["category"] == "same"]
+    assert len(same) == len(ALL_CONFIGS)
+    for row in same:
+        assert float(row["distance"]) == 0.0 and row["success"] == "true"
+        assert all(float(row[f"ref:{Path(r).name}"]) > 0 for r in REFS)
+
+
+def test_transparent_pixels_are_composited_over_white(synthetic, torch_home):
+    folder, _, rows = synthetic
+    x = load_white(folder / "b/pic.png")
+    white, dropped = load_white(folder / "b/pic_alpha.png"), load_dropping_alpha(folder / "b/pic_alpha.png")
+    assert (dropped[0, :, :, 0].T == torch.tensor([1.0, 0.0, 1.0])).all()  # the hidden magenta is really there
+    for row in (r for r in rows if r["category"] == "alpha"):
+        metric = DistanceMetric("alex", method=row["method"], channel_norm=row["channel_norm"] == "true")
+        with torch.no_grad():
+            composited, without_alpha = metric(x, white).item(), metric(x, dropped).item()
+        assert_close(float(row["distance"]), composited)
+        assert without_alpha > 1e-3 and abs(float(row["distance"]) - without_alpha) > 0.5 * without_alpha
+
+
+def test_summary_counts_successes_per_category_and_configuration(synthetic):
+    _, out, rows = synthetic
+    summary = read_rows(out / "summary.csv")
+    assert list(summary[0]) == ["net", "method", "channel_norm", "same", "rotate", "stain", "alpha", "total"]
+    assert len(summary) == len(ALL_CONFIGS)
+    for line in summary:
+        mine = [r for r in rows if (r["net"], r["method"], r["channel_norm"])
+                == (line["net"], line["method"], line["channel_norm"])]
+        for column in ("same", "rotate", "stain", "alpha", "total"):
+            cases = [r for r in mine if column in ("total", r["category"])]
+            assert line[column] == f"{sum(r['success'] == 'true' for r in cases)}/{len(cases)}"
+    markdown = (out / "summary.md").read_text().splitlines()
+    assert markdown[0] == "| net | method | channel_norm | same | rotate | stain | alpha | total |"
+    assert markdown[2] == "| " + " | ".join(summary[0].values()) + " |" and len(markdown) == 2 + len(summary)
+    with Image.open(out / "summary.png") as picture:
+        assert picture.format == "PNG" and picture.width > 200
+
+
+def test_rerun_with_a_subset_overwrites_its_outputs(synthetic, torch_home, tmp_path):
+    folder, first_out, first_rows = synthetic
+    out = tmp_path / "out"
+    for _ in range(2):
+        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex", "--method", "sort",
+                       "--channel-norm", "off", "--device", "cpu"])
+    rows = read_rows(out / "results.csv")
+    assert {(r["method"], r["channel_norm"]) for r in rows} == {("sort", "false")} and len(rows) == len(CASES)
+    assert rows == [r for r in first_rows if (r["method"], r["channel_norm"]) == ("sort", "false")]
+    assert sorted(os.listdir(out)) == ["results.csv", "summary.csv", "summary.md", "summary.png"]
+
+
+def test_each_image_goes_through_the_backbone_once(synthetic, torch_home, tmp_path, monkeypatch):
+    folder, _, first_rows = synthetic
+    passed = []
+    features = DistanceMetric.features
+    monkeypatch.setattr(DistanceMetric, "features", lambda self, x: passed.append(len(x)) or features(self, x))
+    analysis.main(["--image-dir", str(folder), "--out", str(tmp_path), "--net", "alex", "--batch-size", "3"])
+    distinct = {p for case in CASES for p in (case[1], case[2], case[3].removeprefix("closer_than:"))} - {
+        "closer_than_refs"}
+    assert sum(passed) == len(distinct | set(REFS)) and max(passed) <= 3
+    for row, first in zip(read_rows(tmp_path / "results.csv"), first_rows, strict=True):
+        assert_close(float(row["distance"]), float(first["distance"]))
+
+
+def test_weights_dir_replaces_torch_home(synthetic, weights_home, tmp_path, monkeypatch):
+    folder, _, first_rows = synthetic
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    checkpoints = os.path.dirname(weights_home["alex"])
+    out = tmp_path / "out"
+    analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex", "--method", "mean",
+                   "--weights-dir", checkpoints, "--device", "cpu"])
+    assert read_rows(out / "results.csv") == [r for r in first_rows if r["method"] == "mean"]
+    with pytest.raises(SystemExit, match="squeezenet1_1-b8a52dc0.pth"):
+        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "squeeze",
+                       "--weights-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: rows + [("rotate", "a/tex.png", "a/missing.png", "closer_than_refs")],
+     r"line 6: variant .*missing"),
+    (lambda rows: [rows[0][:3] + ("farther_than_refs",)], r"line 2: unknown rule 'farther_than_refs'"),
+    (lambda rows: [rows[2][:3] + ("closer_than:a/gone.png",)], r"line 2: other .*a/gone.png"),
+    (lambda rows: [("kind", "image", "variant", "rule")] + rows, r"lacks the columns \['category'\]"),
+])
+def test_bad_manifest_names_the_row_and_keeps_old_outputs(tmp_path, change, message):
+    folder = make_folder(tmp_path / "images")
+    rows = change(list(CASES))
+    if rows[0][0] == "kind":
+        with open(folder / "manifest.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    else:
+        write_manifest(folder, rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").write_text("earlier results\n")
+    with pytest.raises(SystemExit, match=message) as error:
+        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex"])
+    assert str(folder / "manifest.csv") in str(error.value)
+    assert os.listdir(out) == ["results.csv"] and (out / "results.csv").read_text() == "earlier results\n"
+
+
+def test_images_of_different_sizes_need_size(torch_home, tmp_path):
+    folder = make_folder(tmp_path / "images")
+    save(folder, "a/tex_rot90.png", texture(3, size=40))
+    with pytest.raises(SystemExit, match=r"\(40, 40\).*--size"):
+        analysis.main(["--image-dir", str(folder), "--out", str(tmp_path / "out"), "--net", "alex"])
+    analysis.main(["--image-dir", str(folder), "--out", str(tmp_path / "out"), "--net", "alex", "--size", "40",
+                   "--method", "spatial", "--channel-norm", "on"])
+    assert len(read_rows(tmp_path / "out" / "results.csv")) == len(CASES)
+
+
+def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        analysis.write_atomically(str(path), "not bytes")
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["results.csv"]
+
+
+@pytest.fixture(scope="module")
+def real_run(weights_home, tmp_path_factory):
+    """`python analysis.py` over the project's images/ for all nets, random weights under TORCH_HOME."""
+    out = tmp_path_factory.mktemp("logs")
+    env = {**os.environ, "TORCH_HOME": weights_home["home"]}
+    done = subprocess.run([sys.executable, "analysis.py", "--out", str(out), "--device", "cpu"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, read_rows(out / "results.csv"), done.stdout
+
+
+def test_real_images_all_configurations(real_run):
+    out, rows, stdout = real_run
+    cases = read_rows(ROOT / "images" / "manifest.csv")
+    assert len(rows) == 3 * 5 * 2 * len(cases)
+    configs = {(r["net"], r["method"], r["channel_norm"]) for r in rows}
+    assert configs == {(net, m, str(n).lower()) for net in ("alex", "squeeze", "vgg") for m, n in ALL_CONFIGS}
+    refs = sorted(p.name for p in (ROOT / "images" / "ref").iterdir())
+    assert [c for c in rows[0] if c.startswith("ref:")] == [f"ref:{name}" for name in refs]
+    summary = read_rows(out / "summary.csv")
+    assert len(summary) == 30 and set(summary[0]) >= {"rotate", "translate", "invert", "color_stain", "total"}
+    assert all(line["total"].endswith(f"/{len(cases)}") for line in summary)
+    assert "| net | method | channel_norm | rotate | translate | invert | color_stain | total |" in stdout
+    with Image.open(out / "summary.png") as picture:
+        assert picture.format == "PNG"
+
+
+@pytest.mark.parametrize("net", ("alex", "squeeze", "vgg"))
+def test_real_image_distances_equal_the_metric(real_run, torch_home, net):
+    """Transparent (RGBA, LA, palette) and colour-stain cases, every configuration, recomputed independently."""
+    _, rows, _ = real_run
+    picked = ("rotate/leaf_rot90.png", "invert/yin_yang_inv.png", "translate/mushroom_dy3.png",
+              "color_stain/wood_global.png")
+    rows = [r for r in rows if r["net"] == net and r["variant"] in picked]
+    assert len(rows) == len(picked) * len(ALL_CONFIGS)
+    images = ROOT / "images"
+    pairs = {(r["image"], p) for r in rows for p in (r["variant"], r["threshold_image"])}
+    with torch.no_grad():
+        metric = DistanceMetric(net)
+        expected = {pair: metric.all_methods(*(load_white(images / p) for p in pair)) for pair in pairs}
+        first = rows[0]
+        assert (first["method"], first["channel_norm"]) == ("spatial", "true")
+        pair = (load_white(images / first[c]) for c in ("image", "variant"))
+        assert_close(float(first["distance"]), metric(*pair).item())
+    for row in rows:
+        config = (row["method"], row["channel_norm"] == "true")
+        assert_close(float(row["distance"]), expected[row["image"], row["variant"]][config].item())
+        threshold = expected[row["image"], row["threshold_image"]][config].item()
+        assert_close(float(row["threshold_distance"]), threshold)

@@ -1,0 +1,135 @@
+"""feature_map.py: image choice, the PNGs it writes, channel grids and the per-pixel distance map."""
+import builtins
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import feature_map
+from experiment import METHODS, DistanceMetric
+from test_metric import lpips_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 48
+
+
+def save_texture(path, seed, size=SIZE):
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for seed, name in enumerate(("x/3ring_color.png", "x/3ring_gray.png", "y/dots.png")):
+        save_texture(tmp_path / "images" / name, seed)
+    return tmp_path / "images"
+
+
+def images(seed, n=1, size=SIZE):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_help_runs():
+    done = subprocess.run([sys.executable, "feature_map.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    flags = ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show")
+    for flag in flags:
+        assert flag in done.stdout
+
+
+def test_substrings_choose_one_image_or_list_the_candidates(folder):
+    assert feature_map.find_image(str(folder), ["3ring", "COLOR"]) == os.path.join(folder, "x/3ring_color.png")
+    with pytest.raises(ValueError, match=r"matches 2 of the 3(.|\n)*x/3ring_color.png\n  x/3ring_gray.png$"):
+        feature_map.find_image(str(folder), ["3ring"])
+    with pytest.raises(ValueError, match=r"matches 0 (.|\n)*Images:(.|\n)*y/dots.png"):
+        feature_map.find_image(str(folder), ["square"])
+
+
+def test_run_writes_one_grid_per_layer_and_prints_the_paths(torch_home, folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("feature_map waited on input()"))
+    shown = []
+    monkeypatch.setattr(Image.Image, "show", lambda self, *a, **k: shown.append(self.size))
+    out = tmp_path / "maps"
+    feature_map.main(["--image-dir", str(folder), "--image", "3ring", "color", "--network", "alexnet",
+                      "--out", str(out), "--max-channels", "8", "--show"])
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / f"3ring_color_alex_layer{k}.png") for k in range(5)]
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in printed)
+    for path in printed:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG"
+    assert len(shown) == 5
+
+
+def test_compare_writes_the_distance_map(torch_home, folder, tmp_path, capsys):
+    out = tmp_path / "maps"
+    feature_map.main(["--path", str(folder / "y/dots.png"), "--network", "squeezenet", "--out", str(out),
+                      "--compare", str(folder / "x/3ring_gray.png"), "--method", "spatial+sort",
+                      "--channel-norm", "off"])
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 7 + 1 and printed[-1] == str(out / "dots_vs_3ring_gray_squeeze_spatial+sort_raw.png")
+    with Image.open(printed[-1]) as picture:
+        assert picture.format == "PNG"
+
+
+def test_compare_needs_equal_sizes(torch_home, folder, tmp_path):
+    other = save_texture(tmp_path / "small.png", 9, size=40)
+    args = ["--path", str(folder / "y/dots.png"), "--out", str(tmp_path / "maps"), "--compare", str(other)]
+    with pytest.raises(SystemExit, match=r"\(40, 40\).*--size"):
+        feature_map.main(args)
+    feature_map.main(args + ["--size", "40", "--max-channels", "1"])
+
+
+def test_channel_mosaic_stretches_each_channel_and_caps_the_count():
+    f = torch.arange(5 * 2 * 3, dtype=torch.float32).view(5, 2, 3) ** 2
+    f[1] = 7.0
+    grid = feature_map.channel_mosaic(f, 3)
+    assert grid.shape == (2 * 3 - 1, 2 * 4 - 1)
+    tiles = [grid[:2, :3], grid[:2, 4:], grid[3:, :3], grid[3:, 4:]]
+    expected = (f[0] - f[0].min()) / (f[0].max() - f[0].min())
+    np.testing.assert_allclose(tiles[0], expected.numpy(), rtol=1e-6)
+    assert (tiles[1] == 0).all() and np.isnan(tiles[3]).all()
+    assert tiles[2].min() == 0 and tiles[2].max() == 1
+    assert np.isnan(grid[2]).all() and np.isnan(grid[:, 3]).all()
+
+
+def test_spatial_map_equals_lpips_spatial_output(torch_home):
+    x0, x1 = images(0), images(1)
+    ours = DistanceMetric("alex", normalize="lpips")
+    theirs = lpips_reference("alex", torch_home["alex"], lpips=False, spatial=True)
+    with torch.no_grad():
+        expected = theirs(2 * x0 - 1, 2 * x1 - 1)[:, 0]
+        got = feature_map.distance_map(ours, x0, x1, "spatial", True)
+    assert got.shape == (1, SIZE, SIZE)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channel_norm", (True, False))
+def test_mean_map_is_constant_and_equals_the_metric(torch_home, channel_norm):
+    x0, x1 = images(2), images(3)
+    metric = DistanceMetric("squeeze", method="mean", channel_norm=channel_norm)
+    with torch.no_grad():
+        dmap = feature_map.distance_map(metric, x0, x1, "mean", channel_norm)
+        value = metric(x0, x1)
+    torch.testing.assert_close(dmap, value.view(1, 1, 1).expand(1, SIZE, SIZE), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identical_images_give_a_zero_map_and_different_ones_do_not(torch_home, method):
+    metric = DistanceMetric("alex")
+    x0, x1 = images(4), images(5)
+    with torch.no_grad():
+        same = feature_map.distance_map(metric, x0, x0.clone(), method, True)
+        other = feature_map.distance_map(metric, x0, x1, method, True)
+    assert same.abs().max() == 0 and other.min() > 0
+    assert math.isclose(other.mean().item(), metric.distance(metric.features(x0), metric.features(x1),
+                                                             method, True).item(), rel_tol=0.05)
