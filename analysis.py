@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from dataset_collector import ImageLoadError, load_image
-from experiment import ALL_CONFIGS, METHODS, DistanceMetric
+from experiment import CHANNEL_NORMS, METHODS, DistanceMetric, pick_device, requested_configs, write_atomic
 from loss_networks import NETWORKS, WeightsUnavailableError, canonical_net, checkpoint_path
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
@@ -54,7 +54,6 @@ RULE_REFS = "closer_than_refs"
 RULE_OTHER = "closer_than:"
 REF_FOLDER = "ref"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-NORM_CHOICES = {"on": (True,), "off": (False,), "both": (True, False)}
 
 
 class AnalysisError(ValueError):
@@ -131,28 +130,12 @@ def find_refs(image_dir, cases):
     return refs
 
 
-def select_configs(methods, channel_norm):
-    """[(method, channel_norm)] in ALL_CONFIGS order for the chosen methods ('all') and norms (on/off/both)."""
-    methods = METHODS if "all" in methods else methods
-    return [(m, n) for m, n in ALL_CONFIGS if m in methods and n in NORM_CHOICES[channel_norm]]
-
-
 def network_name(name):
     """argparse type: the canonical network name, or an error listing the valid ones."""
     try:
         return canonical_net(name)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def resolve_device(name):
-    """`auto` -> cuda when available, else cpu; anything else as torch.device understands it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return device
 
 
 def build_metric(net, weights_dir=None, device="cpu"):
@@ -291,19 +274,6 @@ def plot_summary(columns, table):
     return buffer.getvalue()
 
 
-def write_atomically(path, data):
-    """Write bytes to a temporary file beside `path`, then move it into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def analyse(image_dir, nets, configs, size=None, device="cpu", weights_dir=None, batch_size=16):
     """(rows, refs): result rows for every net, configuration and case of the manifest."""
     cases = read_manifest(image_dir)
@@ -332,7 +302,7 @@ def write_outputs(out, rows, refs):
     }
     paths = [os.path.join(out, name) for name in contents]
     for path, data in zip(paths, contents.values()):
-        write_atomically(path, data)
+        write_atomic(path, data)
     return paths, markdown
 
 
@@ -347,7 +317,7 @@ def parse_args(argv=None):
                         help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16; default: all)")
     parser.add_argument("--method", nargs="+", choices=(*METHODS, "all"), default=["all"], metavar="METHOD",
                         help=f"methods: {', '.join(METHODS)} or all (default: all)")
-    parser.add_argument("--channel-norm", choices=tuple(NORM_CHOICES), default="both",
+    parser.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS), default="both",
                         help="channel-wise normalisation on, off or both (default: both)")
     parser.add_argument("--size", type=int, default=None,
                         help="load every image at SIZE x SIZE (default: as stored; compared images must match)")
@@ -360,15 +330,18 @@ def parse_args(argv=None):
     for flag, value in (("--batch-size", args.batch_size), ("--size", args.size)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    try:
+        args.device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    configs = select_configs(args.method, args.channel_norm)
+    configs = requested_configs(args.method, args.channel_norm)
     try:
-        device = resolve_device(args.device)
-        rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, device,
+        rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
                              args.weights_dir, args.batch_size)
     except (AnalysisError, ImageLoadError, WeightsUnavailableError) as err:
         sys.exit(f"analysis.py: error: {err}")

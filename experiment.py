@@ -527,16 +527,22 @@ def save_results(path, rows):
     write_atomic(path, text.getvalue())
 
 
-def write_atomic(path, text):
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+def write_atomic(path, data):
+    """Write `data` (str or bytes) to a temporary file beside `path`, then rename it over `path`.
+
+    An interrupted or failed write leaves the old file as it was and no temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _cell(values):

@@ -38,9 +38,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis import AnalysisError, build_metric, image_files, network_name, resolve_device, write_atomically
+from analysis import AnalysisError, build_metric, image_files, network_name
 from dataset_collector import ImageLoadError, load_image
-from experiment import METHODS, PARTS, channel_normalize
+from experiment import METHODS, PARTS, channel_normalize, pick_device, write_atomic
 from loss_networks import WeightsUnavailableError
 
 
@@ -104,7 +104,7 @@ def write_feature_maps(metric, x, stem, out, max_channels):
         shown = f", first {max_channels} shown" if c > max_channels else ""
         title = f"{stem}: {net} layer {k} (features[{index}]), {c} channels of {h}x{w}{shown}"
         paths.append(os.path.join(out, f"{stem}_{net}_layer{k}.png"))
-        write_atomically(paths[-1], layer_figure(f[0], title, max_channels))
+        write_atomic(paths[-1], layer_figure(f[0], title, max_channels))
     return paths
 
 
@@ -148,7 +148,7 @@ def write_distance_map(metric, x0, x1, names, out, method, channel_norm):
              f"distance {value:.4g} (map mean {dmap.mean().item():.4g})")
     stems = [os.path.splitext(os.path.basename(name))[0] for name in names]
     path = os.path.join(out, f"{stems[0]}_vs_{stems[1]}_{metric.net.net}_{method}_{norm}.png")
-    write_atomically(path, compare_figure(x0, x1, dmap, names, title))
+    write_atomic(path, compare_figure(x0, x1, dmap, names, title))
     return path
 
 
@@ -179,19 +179,22 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.max_channels < 1:
         parser.error(f"--max-channels must be at least 1, got {args.max_channels}")
+    try:
+        args.device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def draw(args):
     """Write the pictures the arguments ask for; returns their paths."""
-    device = resolve_device(args.device)
     path = args.path if args.path is not None else find_image(args.image_dir, args.image)
-    metric = build_metric(args.network, args.weights_dir, device)
-    x = load_image(path, args.size)[None].to(device)
+    metric = build_metric(args.network, args.weights_dir, args.device)
+    x = load_image(path, args.size)[None].to(args.device)
     stem = os.path.splitext(os.path.basename(path))[0]
     paths = write_feature_maps(metric, x, stem, args.out, args.max_channels)
     if args.compare is not None:
-        x1 = load_image(args.compare, args.size)[None].to(device)
+        x1 = load_image(args.compare, args.size)[None].to(args.device)
         if x1.shape != x.shape:
             raise AnalysisError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
                                 f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")

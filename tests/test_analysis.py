@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import analysis
+import experiment
 from experiment import ALL_CONFIGS, DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,11 +244,11 @@ def test_images_of_different_sizes_need_size(torch_home, tmp_path):
     assert len(read_rows(tmp_path / "out" / "results.csv")) == len(CASES)
 
 
-def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "results.csv"
     path.write_bytes(b"old")
     with pytest.raises(TypeError):
-        analysis.write_atomically(str(path), "not bytes")
+        experiment.write_atomic(str(path), 12345)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["results.csv"]
 
 
