@@ -10,10 +10,12 @@ between two images' views, for any number of configurations at once).
 import os
 from importlib import resources
 
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from loss_networks import FeatureExtractor, load_state_dict_file
+from loss_networks import FeatureExtractor, canonical_net, load_state_dict_file
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -219,3 +221,221 @@ def check_same_shape(x0, x1):
     if torch.is_tensor(x0) and torch.is_tensor(x1) and x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}; "
                          f"resize them to the same (N, 3, H, W)")
+
+
+# ---------------------------------------------------------------------------------------------
+# LPIPS training: a Lightning module around DistanceMetric, trained with the recipe of Zhang et
+# al. (2018) to predict 2AFC human judgements through LPIPS's ranking head.
+# ---------------------------------------------------------------------------------------------
+
+TRAINED_VARIANTS = ("lin", "tune", "scratch")
+LIN_INITS = ("default",)
+
+
+def score_2afc(d0, d1, judge):
+    """(score, accuracy) of distances d0, d1 against judgements (fraction preferring p1), as DESIGN.md."""
+    d0, d1, judge = d0.flatten().double(), d1.flatten().double(), judge.flatten().double()
+    closer0, closer1 = (d0 < d1).double(), (d1 < d0).double()
+    score = closer0 * (1 - judge) + closer1 * judge + (d0 == d1).double() * 0.5
+    accuracy = ((d0 < d1) == (judge < 0.5)).double()
+    return score.mean().item(), accuracy.mean().item()
+
+
+class RankingHead(nn.Module):
+    """LPIPS's Dist2LogitLayer: from distances (d0, d1) to the logit of "p1 is judged closer".
+
+    A 1x1 conv net on (d0, d1, d0 - d1, d0 / (d1 + eps), d1 / (d0 + eps)) with LeakyReLU(0.2).
+    LPIPS ends it with a sigmoid and applies BCE; the logit with BCE-with-logits is the same
+    loss, computed stably (and allowed under mixed precision).
+    """
+
+    def __init__(self, hidden=32, eps=0.1):
+        super().__init__()
+        self.eps = eps
+        self.model = nn.Sequential(
+            nn.Conv2d(5, hidden, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, hidden, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, d0, d1):
+        d0, d1 = d0.reshape(-1, 1, 1, 1), d1.reshape(-1, 1, 1, 1)
+        x = torch.cat((d0, d1, d0 - d1, d0 / (d1 + self.eps), d1 / (d0 + self.eps)), dim=1)
+        return self.model(x).flatten()
+
+
+def init_linear_layers(metric, scheme):
+    """Initialise the linear weights: `default` keeps PyTorch's conv init (as LPIPS does)."""
+    if scheme not in LIN_INITS:
+        raise ValueError(f"unknown linear-layer init {scheme!r}; expected one of {', '.join(LIN_INITS)}")
+
+
+def lr_factor(step, total_steps, decay_steps):
+    """Constant, then linear decay to 0 over the last `decay_steps` of `total_steps`."""
+    if step < total_steps - decay_steps:
+        return 1.0
+    return max(0.0, (total_steps - step) / decay_steps)
+
+
+class LPIPSTraining(pl.LightningModule):
+    """A DistanceMetric with linear weights, trained on 2AFC judgements by LPIPS's recipe.
+
+    `variant`: `lin` trains only the linear weights on a frozen pretrained backbone, `tune`
+    also trains the pretrained backbone, `scratch` trains a randomly initialised one. The
+    optimiser is Adam over every trainable parameter and the ranking head; the linear
+    weights are clamped to >= 0 after every step; the learning rate is constant for the
+    first half of `epochs` and decays linearly to 0 over the second half.
+    """
+
+    def __init__(self, net="alex", method="spatial", channel_norm=True, variant="lin", normalize="imagenet",
+                 lr=1e-4, beta1=0.5, epochs=10, lin_init="default", weights=None, layers=None):
+        super().__init__()
+        if variant not in TRAINED_VARIANTS:
+            raise ValueError(f"variant {variant!r} cannot be trained; expected one of {', '.join(TRAINED_VARIANTS)}")
+        if variant == "scratch" and weights is not None:
+            raise ValueError("variant 'scratch' starts from a random backbone: drop the backbone weights path")
+        net = canonical_net(net)
+        self.save_hyperparameters()
+        self.metric = DistanceMetric(net, method, channel_norm, lin=True, normalize=normalize,
+                                     pretrained=variant != "scratch", weights=weights, layers=layers)
+        self.metric.net.requires_grad_(variant != "lin")
+        init_linear_layers(self.metric, lin_init)
+        self.head = RankingHead()
+
+    def distances(self, batch):
+        """(d0, d1): distances of p0 and p1 to ref, one backbone pass per image."""
+        m = self.metric
+        configs = m.configs()
+        vr, v0, v1 = (m.views(m.features(batch[k]), configs) for k in ("ref", "p0", "p1"))
+        return m.compare(vr, v0, configs)[configs[0]], m.compare(vr, v1, configs)[configs[0]]
+
+    def training_step(self, batch, batch_idx):
+        d0, d1 = self.distances(batch)
+        judge = batch["judge"].reshape(-1).to(d0.dtype)
+        loss = F.binary_cross_entropy_with_logits(self.head(d0, d1), judge)
+        score, accuracy = score_2afc(d0.detach(), d1.detach(), judge)
+        for name, value in (("train_loss", loss), ("train_2afc", score), ("train_accuracy", accuracy)):
+            self.log(name, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(judge))
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.metric.clamp_weights()
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, betas=(self.hparams.beta1, 0.999))
+        total = self.trainer.estimated_stepping_batches
+        decay = total * (self.hparams.epochs // 2) / self.hparams.epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, decay))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_fit_start(self):
+        self.train()
+
+    def on_fit_end(self):
+        self.eval()
+
+
+def experiment_name(net, variant, method, channel_norm, normalize):
+    """Folder name of one trained configuration under OUT, e.g. `alex_lin_spatial_cn_imagenet`."""
+    return f"{net}_{variant}_{method}_{'cn' if channel_norm else 'nocn'}_{normalize}"
+
+
+def save_lpips_weights(metric, path):
+    """Write the linear weights in the LPIPS file format, atomically."""
+    tmp = f"{path}.tmp"
+    torch.save(metric.lpips_state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_hparams(path):
+    """The hyperparameters stored in a Lightning checkpoint of LPIPSTraining."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+
+
+def check_same_training(path, hparams):
+    """Refuse to resume or reuse a checkpoint trained with other settings than those requested."""
+    stored = checkpoint_hparams(path)
+    changed = {k: (stored.get(k), v) for k, v in hparams.items() if stored.get(k) != v}
+    if changed:
+        details = ", ".join(f"{k}={old!r} there, {new!r} now" for k, (old, new) in changed.items())
+        raise ValueError(f"{path} was trained with other settings ({details}); "
+                         f"pass another --out or delete {os.path.dirname(path)} to train anew")
+
+
+def wandb_has_credentials():
+    """Whether wandb finds an API key (environment or netrc), checked without prompting."""
+    import wandb
+    return bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False, verify=False)
+
+
+def make_logger(kind, out, name, version):
+    """A Lightning logger writing under OUT/<name>/version_<k>; wandb falls back to offline mode."""
+    if kind is None:
+        return False
+    if kind == "csv":
+        return pl.loggers.CSVLogger(out, name=name, version=version)
+    if kind == "tensorboard":
+        return pl.loggers.TensorBoardLogger(out, name=name, version=version, default_hp_metric=False)
+    if kind != "wandb":
+        raise ValueError(f"unknown logger {kind!r}; expected wandb, csv or tensorboard")
+    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"  # set before wandb starts: offline mode never asks to log in
+        os.environ.setdefault("WANDB_SILENT", "true")
+    save_dir = os.path.join(out, name, f"version_{version}")
+    os.makedirs(save_dir, exist_ok=True)
+    return pl.loggers.WandbLogger(project="perceptual-metric", name=f"{name}_v{version}", save_dir=save_dir,
+                                  offline=os.environ.get("WANDB_MODE") == "offline")
+
+
+def finish_wandb(logger):
+    """Close the wandb run; if it was offline, one line says where it is and how to upload it."""
+    run_dir = os.path.dirname(logger.experiment.dir)
+    logger.experiment.finish()
+    if os.environ.get("WANDB_MODE") == "offline":
+        print(f"wandb: no API key, logged offline to {run_dir}; upload with: wandb sync {run_dir}")
+
+
+def make_trainer(version_dir, epochs, logger, callbacks=(), progress=True, **scale):
+    """A Lightning Trainer checkpointing every epoch to `version_dir/last.ckpt`.
+
+    `scale` passes `accelerator`, `devices`, `num_nodes`, `strategy` and `precision` through.
+    """
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=version_dir, filename="last", enable_version_counter=False)
+    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=[*callbacks, checkpoint],
+                      default_root_dir=version_dir, enable_progress_bar=progress, enable_model_summary=progress,
+                      log_every_n_steps=1, **{k: v for k, v in scale.items() if v is not None})
+
+
+def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, logger="csv", callbacks=(),
+                  progress=True, scale=None, **hparams):
+    """Train (or resume, or reuse) version `version` of one configuration; the trained LPIPSTraining.
+
+    `data` yields dicts {ref, p0, p1, judge}. Everything goes to OUT/<experiment>/version_<k>/:
+    Lightning's `last.ckpt` after every epoch (an interrupted run resumes from it) and, once
+    training finished, `lin.pth` in the LPIPS file format. A version with `lin.pth` is not
+    retrained. `hparams` are LPIPSTraining's arguments; `scale` the Trainer's device options.
+    """
+    pl.seed_everything(seed + version, verbose=False)
+    module = LPIPSTraining(**hparams)
+    hparams = dict(module.hparams)
+    name = experiment_name(hparams["net"], hparams["variant"], hparams["method"], hparams["channel_norm"],
+                           hparams["normalize"])
+    version_dir = os.path.join(out, name, f"version_{version}")
+    last, lin_path = os.path.join(version_dir, "last.ckpt"), os.path.join(version_dir, "lin.pth")
+    if os.path.isfile(last):
+        check_same_training(last, hparams)
+    if os.path.isfile(lin_path):
+        print(f"{version_dir} is trained already: reusing it")
+        return LPIPSTraining.load_from_checkpoint(last, map_location="cpu").eval()
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                         persistent_workers=num_workers > 0)
+    run_logger = make_logger(logger, out, name, version)
+    trainer = make_trainer(version_dir, hparams["epochs"], run_logger, callbacks, progress, **(scale or {}))
+    trainer.fit(module, loader, ckpt_path=last if os.path.isfile(last) else None)
+    if trainer.is_global_zero:
+        save_lpips_weights(module.metric, lin_path)
+        if isinstance(run_logger, pl.loggers.WandbLogger):
+            finish_wandb(run_logger)
+    return module.eval()
