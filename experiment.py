@@ -8,6 +8,7 @@ transform of the activations, computed once per image) and `compare` (distances
 between two images' views, for any number of configurations at once).
 """
 import os
+import warnings
 from importlib import resources
 
 import pytorch_lightning as pl
@@ -229,7 +230,9 @@ def check_same_shape(x0, x1):
 # ---------------------------------------------------------------------------------------------
 
 TRAINED_VARIANTS = ("lin", "tune", "scratch")
-LIN_INITS = ("default",)
+# resuming means checkpointing into a folder that holds the checkpoint: expected, not worth a warning
+warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+LIN_INITS = ("default", "abs", "ones")
 
 
 def score_2afc(d0, d1, judge):
@@ -265,16 +268,29 @@ class RankingHead(nn.Module):
 
 
 def init_linear_layers(metric, scheme):
-    """Initialise the linear weights: `default` keeps PyTorch's conv init (as LPIPS does)."""
+    """Initialise the linear weights.
+
+    `default`: PyTorch's conv init, as LPIPS (about half the weights start negative, so the
+    first clamp sets them to 0); `abs`: the same weights made non-negative; `ones`: every
+    weight 1, so training starts from the uncalibrated metric.
+    """
     if scheme not in LIN_INITS:
         raise ValueError(f"unknown linear-layer init {scheme!r}; expected one of {', '.join(LIN_INITS)}")
+    with torch.no_grad():
+        for layers in metric.lins.values():
+            for layer in layers:
+                weight = layer.model[1].weight
+                if scheme == "abs":
+                    weight.abs_()
+                elif scheme == "ones":
+                    weight.fill_(1.0)
 
 
 def lr_factor(step, total_steps, decay_steps):
     """Constant, then linear decay to 0 over the last `decay_steps` of `total_steps`."""
     if step < total_steps - decay_steps:
         return 1.0
-    return max(0.0, (total_steps - step) / decay_steps)
+    return max(0.0, (total_steps - step) / decay_steps) if decay_steps else 0.0
 
 
 class LPIPSTraining(pl.LightningModule):
@@ -380,20 +396,23 @@ def make_logger(kind, out, name, version):
         return pl.loggers.TensorBoardLogger(out, name=name, version=version, default_hp_metric=False)
     if kind != "wandb":
         raise ValueError(f"unknown logger {kind!r}; expected wandb, csv or tensorboard")
+    import wandb
     if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"  # set before wandb starts: offline mode never asks to log in
-        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ["WANDB_MODE"] = "offline"
+    offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun")
     save_dir = os.path.join(out, name, f"version_{version}")
     os.makedirs(save_dir, exist_ok=True)
+    # explicit settings: wandb read the environment once, at the credentials check
+    settings = wandb.Settings(mode="offline", silent=True) if offline else None
     return pl.loggers.WandbLogger(project="perceptual-metric", name=f"{name}_v{version}", save_dir=save_dir,
-                                  offline=os.environ.get("WANDB_MODE") == "offline")
+                                  offline=offline, settings=settings)
 
 
 def finish_wandb(logger):
     """Close the wandb run; if it was offline, one line says where it is and how to upload it."""
     run_dir = os.path.dirname(logger.experiment.dir)
     logger.experiment.finish()
-    if os.environ.get("WANDB_MODE") == "offline":
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
         print(f"wandb: no API key, logged offline to {run_dir}; upload with: wandb sync {run_dir}")
 
 

@@ -9,6 +9,10 @@ import torch
 
 from experiment import DistanceMetric
 
+# the recovery setting shared by the test and tests/collapse_study.py: a few hundred triplets,
+# a higher learning rate and fewer epochs than the LPIPS recipe
+RECOVERY = {"train": 600, "held_out": 300, "size": 64, "batch_size": 25, "lr": 1e-2, "epochs": 4}
+
 
 def smooth_images(n, size, generator):
     """Random images in [0, 1] with structure at several scales."""

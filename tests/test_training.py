@@ -1,0 +1,192 @@
+"""LPIPS training: it learns (recovery of a hidden metric), follows the recipe, resumes, exports.
+
+All runs use random backbone weights (the torch_home fixture) and synthetic triplets judged
+by a hidden metric on the same backbone (tests/synthetic_2afc.py).
+"""
+import glob
+import os
+
+import lpips
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from experiment import ALL_CONFIGS, PARTS, DistanceMetric, LPIPSTraining, RankingHead, train_version
+from synthetic_2afc import RECOVERY, Triplets, agreement, hidden_metric, judged_triplets
+from test_metric import assert_close, lpips_reference
+
+QUIET = {"logger": None, "progress": False}
+
+
+class Watch(pl.Callback):
+    """Records the learning rate of every step and checks the linear weights after every step."""
+
+    def __init__(self):
+        self.lrs, self.epochs = [], []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.epochs.append(trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        lowest = min(p.min().item() for p in module.metric.lins.parameters())
+        assert lowest >= 0, f"a linear weight is {lowest} after step {trainer.global_step}"
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAtEpoch(pl.Callback):
+    """Interrupts training when `epoch` starts (the previous epoch's checkpoint is on disk)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupt
+
+
+@pytest.fixture
+def tiny(torch_home):
+    """20 judged triplets of 32x32 images."""
+    return Triplets(judged_triplets(hidden_metric("alex"), 20, size=32, seed=3))
+
+
+def lin_weights(module):
+    return torch.cat([p.detach().flatten() for p in module.metric.lins.parameters()])
+
+
+def test_ranking_head_and_loss_equal_lpips(torch_home):
+    """Our head (logits, BCE with logits) is LPIPS's Dist2LogitLayer + sigmoid + BCERankingLoss."""
+    torch.manual_seed(0)
+    ours, theirs = RankingHead(), lpips.BCERankingLoss()
+    theirs.net.load_state_dict(ours.state_dict())
+    d0, d1, judge = torch.rand(6) * 3, torch.rand(6) * 3, torch.rand(6)
+    with torch.no_grad():
+        expected = theirs.net(d0.view(-1, 1, 1, 1), d1.view(-1, 1, 1, 1)).flatten()
+        assert_close(torch.sigmoid(ours(d0, d1)), expected)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ours(d0, d1), judge)
+        assert_close(loss, theirs(d0.view(-1, 1, 1, 1), d1.view(-1, 1, 1, 1), judge.view(-1, 1, 1, 1) * 2 - 1))
+
+
+def test_training_recovers_a_hidden_metric(torch_home, tmp_path):
+    """Judgements of a hidden metric (8 channels of the first layer) are learned from 600 triplets.
+
+    Fails if the loss, the optimiser step or the clamp is broken (checked by breaking each).
+    """
+    hidden = hidden_metric("alex")
+    train = judged_triplets(hidden, RECOVERY["train"], size=RECOVERY["size"], seed=1)
+    held_out = judged_triplets(hidden, RECOVERY["held_out"], size=RECOVERY["size"], seed=2)
+    options = {"lr": RECOVERY["lr"], "epochs": RECOVERY["epochs"]}
+    pl.seed_everything(0, verbose=False)
+    untrained = LPIPSTraining(**options).metric
+    untrained.clamp_weights()
+    watch = Watch()
+    trained = train_version(Triplets(train), str(tmp_path), seed=0, batch_size=RECOVERY["batch_size"],
+                            callbacks=[watch], **QUIET, **options).metric
+    baseline_score = agreement(DistanceMetric("alex"), held_out)
+    untrained_score, trained_score = agreement(untrained, held_out), agreement(trained, held_out)
+    assert len(watch.lrs) == RECOVERY["epochs"] * RECOVERY["train"] // RECOVERY["batch_size"]
+    assert trained_score >= baseline_score + 0.08, (baseline_score, untrained_score, trained_score)
+    assert trained_score >= untrained_score + 0.05, (baseline_score, untrained_score, trained_score)
+
+
+def test_lr_schedule_resume_and_reuse(tiny, tmp_path, capsys):
+    """Interrupted after one epoch, a rerun resumes there; the lr follows the recipe across both."""
+    options = {"batch_size": 10, "lr": 0.01, "epochs": 4, **QUIET}
+    first, second = Watch(), Watch()
+    with pytest.raises(Interrupt):
+        train_version(tiny, str(tmp_path), callbacks=[first, StopAtEpoch(1)], **options)
+    folder = tmp_path / "alex_lin_spatial_cn_imagenet" / "version_0"
+    assert (folder / "last.ckpt").is_file() and not (folder / "lin.pth").exists()
+    module = train_version(tiny, str(tmp_path), callbacks=[second], **options)
+    assert first.epochs == [0, 1] and second.epochs == [1, 2, 3]
+    # 2 steps per epoch: 4 at constant lr, then linear decay towards 0 over the last 4
+    assert first.lrs + second.lrs == pytest.approx([0.01] * 5 + [0.0075, 0.005, 0.0025])
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 8
+    assert lin_weights(module).min() >= 0
+
+    stamp = os.path.getmtime(folder / "last.ckpt")
+    capsys.readouterr()
+    again = train_version(tiny, str(tmp_path), **options)
+    assert "trained already" in capsys.readouterr().out
+    assert os.path.getmtime(folder / "last.ckpt") == stamp
+    assert torch.equal(lin_weights(again), lin_weights(module))
+    with pytest.raises(ValueError, match=r"epochs=4 there, 5 now.*version_0"):
+        train_version(tiny, str(tmp_path), **{**options, "epochs": 5})
+
+
+def test_lin_pth_loads_into_lpips_and_our_metric(tiny, torch_home, tmp_path):
+    module = train_version(tiny, str(tmp_path), batch_size=10, lr=0.01, epochs=2, normalize="lpips", **QUIET)
+    path = str(tmp_path / "alex_lin_spatial_cn_lpips" / "version_0" / "lin.pth")
+    x0, x1 = tiny.tensors["ref"][:4], tiny.tensors["p0"][:4]
+    ours = DistanceMetric("alex", lin=True, normalize="lpips", lpips_weights=path)
+    theirs = lpips_reference("alex", torch_home["alex"], model_path=path)
+    with torch.no_grad():
+        assert_close(ours(x0, x1), theirs(2 * x0 - 1, 2 * x1 - 1).flatten())
+        assert_close(ours(x0, x1), module.metric(x0, x1))
+
+
+@pytest.mark.parametrize("method, channel_norm", ALL_CONFIGS)
+def test_every_method_trains_each_part_with_its_own_weights(tiny, tmp_path, method, channel_norm):
+    options = {"method": method, "channel_norm": channel_norm, "lr": 0.01, "epochs": 1}
+    pl.seed_everything(0, verbose=False)
+    start = LPIPSTraining(**options).metric
+    start.clamp_weights()
+    module = train_version(tiny, str(tmp_path), batch_size=20, **QUIET, **options)
+    for part in PARTS[method]:
+        before = torch.cat([p.flatten() for p in start.lins[part].parameters()])
+        after = torch.cat([p.detach().flatten() for p in module.metric.lins[part].parameters()])
+        assert not torch.equal(before, after), f"the {part} weights of {method} did not train"
+        assert after.min() >= 0
+    name = f"alex_lin_{method}_{'cn' if channel_norm else 'nocn'}_imagenet"
+    saved = torch.load(tmp_path / name / "version_0" / "lin.pth", weights_only=True)
+    second = [f"{PARTS[method][1]}_lin{k}.model.1.weight" for k in range(5)] if "+" in method else []
+    assert sorted(saved) == sorted([f"lin{k}.model.1.weight" for k in range(5)] + second)
+
+
+@pytest.mark.parametrize("variant", ["lin", "tune", "scratch"])
+def test_variants_freeze_or_train_the_backbone(tiny, torch_home, tmp_path, variant):
+    pretrained = DistanceMetric("alex").net.state_dict()
+    pl.seed_everything(5, verbose=False)  # not 0: the fixture's random "pretrained" alex is seed 0's init
+    start = LPIPSTraining(variant=variant).metric.net.state_dict()
+    module = train_version(tiny, str(tmp_path), seed=5, batch_size=10, lr=0.01, epochs=1, variant=variant,
+                           **QUIET)
+    trained = module.metric.net.state_dict()
+    same_as_pretrained = all(torch.equal(start[k], pretrained[k]) for k in pretrained)
+    assert same_as_pretrained == (variant != "scratch")
+    changed = any(not torch.equal(start[k], trained[k]) for k in start)
+    assert changed == (variant != "lin")
+    ckpt = glob.glob(str(tmp_path / f"alex_{variant}_*" / "version_0" / "last.ckpt"))[0]
+    reloaded = LPIPSTraining.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    x0, x1 = tiny.tensors["ref"][:4], tiny.tensors["p1"][:4]
+    with torch.no_grad():
+        assert torch.equal(reloaded.metric(x0, x1), module.metric(x0, x1))
+
+
+@pytest.mark.parametrize("logger, pattern", [("csv", "metrics.csv"), ("tensorboard", "events.out.tfevents*")])
+def test_csv_and_tensorboard_loggers_write_under_out(tiny, tmp_path, logger, pattern):
+    train_version(tiny, str(tmp_path), batch_size=10, lr=0.01, epochs=2, logger=logger, progress=False)
+    folder = tmp_path / "alex_lin_spatial_cn_imagenet" / "version_0"
+    assert glob.glob(str(folder / pattern))
+    if logger == "csv":
+        rows = (folder / "metrics.csv").read_text().splitlines()
+        assert rows[0].split(",")[:2] == ["epoch", "step"]
+        assert {"train_loss", "train_2afc", "train_accuracy"} <= set(rows[0].split(","))
+        assert len(rows) == 3
+
+
+def test_wandb_without_account_runs_offline(tiny, tmp_path, monkeypatch, capsys):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_SILENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    train_version(tiny, str(out), batch_size=10, lr=0.01, epochs=1, logger="wandb", progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "wandb sync" in line]
+    assert len(lines) == 1
+    run_dir = lines[0].split("wandb sync ")[1].strip()
+    assert run_dir.startswith(str(out)) and glob.glob(os.path.join(run_dir, "*.wandb"))
