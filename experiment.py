@@ -6,17 +6,34 @@ channel-wise normalisation and LPIPS linear calibration. The computation is spli
 where the cost is: `features` (one backbone pass per image), `views` (each method's
 transform of the activations, computed once per image) and `compare` (distances
 between two images' views, for any number of configurations at once).
+
+The BAPPS experiment scores networks x methods x channel norms x variants on the
+2AFC and JND validation sets (`score_2afc`, `score_jnd`), one backbone pass per
+image for all configurations, into `OUT/results.csv` and the table `OUT/results.md`:
+
+    python experiment.py --net alex squeeze vgg --method all --channel-norm both
+    python experiment.py --net alex --variant lin --normalize lpips --lpips-weights official
 """
+import argparse
+import csv
+import io
 import os
+import re
+import statistics
+import sys
 import warnings
 from importlib import resources
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
-from loss_networks import FeatureExtractor, canonical_net, load_state_dict_file
+from dataset_collector import SUBSPLITS, DatasetError, dataset_collector
+from loss_networks import NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net, load_state_dict_file
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -224,24 +241,448 @@ def check_same_shape(x0, x1):
                          f"resize them to the same (N, 3, H, W)")
 
 
-# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- scoring
+
+
+def _as_vector(values):
+    return torch.as_tensor(values).detach().flatten().cpu().double()
+
+
+def score_2afc(d0, d1, judge):
+    """Agreement with the human 2AFC judgements, LPIPS's definition: (score, accuracy) in [0, 1].
+
+    `judge` is the fraction of people who found p1 closer to the reference. The score is
+    the mean of `(d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5` (a tie
+    agrees with half of the people); the accuracy the mean of `(d0 < d1) == (judge < 0.5)`.
+    """
+    d0, d1, judge = _as_vector(d0), _as_vector(d1), _as_vector(judge)
+    if not len(d0) == len(d1) == len(judge) or len(d0) == 0:
+        raise ValueError(f"score_2afc needs equally long, non-empty d0, d1, judge; got lengths "
+                         f"{len(d0)}, {len(d1)}, {len(judge)}")
+    score = (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
+    accuracy = ((d0 < d1) == (judge < 0.5)).double()
+    return score.mean().item(), accuracy.mean().item()
+
+
+def score_jnd(d, same):
+    """JND mAP: the area under the precision-recall curve of "a small distance means the same".
+
+    Pairs are ranked by distance, ascending (ties keep their input order); a pair counts
+    `same` as a true positive and `1 - same` as a false one (`same` is the fraction of
+    people who saw no difference), and the area is taken under the monotone precision
+    envelope (`voc_ap`), as LPIPS's `score_jnd_dataset` does. When every pair is the same,
+    precision is 1 everywhere and the mAP 1.0. When no pair is (`same` sums to 0), recall
+    and so the mAP are undefined: the result is nan rather than a number that would pass
+    for a score.
+    """
+    d, same = _as_vector(d), _as_vector(same)
+    if len(d) != len(same) or len(d) == 0:
+        raise ValueError(f"score_jnd needs equally long, non-empty d and same; got lengths {len(d)}, {len(same)}")
+    positives = same.sum()
+    if positives == 0:
+        return float("nan")
+    same = same[torch.argsort(d, stable=True)]
+    true_pos, false_pos = same.cumsum(0), (1 - same).cumsum(0)
+    return voc_ap(true_pos / positives, true_pos / (true_pos + false_pos))
+
+
+def voc_ap(recall, precision):
+    """Area under the precision envelope (the best precision at this or a higher recall), VOC style."""
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    recall = torch.cat([zero, _as_vector(recall), one])
+    envelope = torch.cat([zero, _as_vector(precision), zero]).flip(0).cummax(0).values.flip(0)
+    steps = torch.nonzero(recall[1:] != recall[:-1]).flatten()
+    return ((recall[steps + 1] - recall[steps]) * envelope[steps + 1]).sum().item()
+
+
+# ---------------------------------------------------------------- evaluation
+
+VARIANTS = ("baseline", "lin", "tune", "scratch")
+CHANNEL_NORMS = {"on": (True,), "off": (False,), "both": (True, False)}
+BAPPS_SETS = {"val": ("2afc", "val"), "jnd": ("jnd", "jnd/val")}  # --splits name: (dataset column, BAPPS split)
+PAIRS = {"2afc": (("ref", "p0"), ("ref", "p1")), "jnd": (("p0", "p1"),)}
+LABELS = {"2afc": "judge", "jnd": "same"}
+
+
+def requested_configs(methods, channel_norm="on"):
+    """[(method, channel_norm)] for method names (or "all") and "on", "off" or "both"."""
+    methods = METHODS if "all" in methods else tuple(dict.fromkeys(methods))
+    return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
+
+
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None):
+    """{(method, channel_norm): DistanceMetric} for `configs`, all running one FeatureExtractor.
+
+    One baseline metric computes every configuration. `lin` needs a metric per
+    configuration for its linear weights (`lpips_weights`, loaded strictly into each);
+    they all run the first one's backbone, so each image still goes through it once
+    (the others' copies, read from the memory-mapped weights file, are dropped).
+    """
+    if variant == "baseline":
+        return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize))
+    if variant != "lin":
+        raise ValueError(f"variant {variant!r} trains the network: it needs --train")
+    metrics = {}
+    for method, norm in configs:
+        metric = DistanceMetric(net, method, norm, lin=True, normalize=normalize, lpips_weights=lpips_weights)
+        if metrics:
+            metric.net = next(iter(metrics.values())).net
+        metrics[method, norm] = metric
+    return metrics
+
+
+def _shared_feature_metric(metrics):
+    first = next(iter(metrics.values()))
+    if any(m.net is not first.net or m.normalize != first.normalize for m in metrics.values()):
+        raise ValueError("metrics evaluated together must share one FeatureExtractor and normalisation "
+                         "(see build_metrics); evaluate the others separately")
+    return first
+
+
+def set_distances(metrics, loader, dataset, device="cpu", desc=None):
+    """Distances of every configuration on one BAPPS set, each image through the backbone once.
+
+    `metrics` maps (method, channel_norm) to the DistanceMetric holding that configuration's
+    weights, all sharing one FeatureExtractor (a 2AFC reference serves both comparisons).
+    Returns ({config: [distances (N,) per pair]}, labels (N,)), on the CPU: 2AFC pairs
+    are (ref, p0), (ref, p1) with labels `judge`; JND has (p0, p1) with labels `same`.
+    """
+    feature_metric, configs, pairs = _shared_feature_metric(metrics), list(metrics), PAIRS[dataset]
+    groups = {}
+    for config, metric in metrics.items():
+        groups.setdefault(id(metric), (metric, []))[1].append(config)
+    distances, labels = {config: [[] for _ in pairs] for config in configs}, []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch"):
+            views = {key: feature_metric.views(feature_metric.features(batch[key].to(device, non_blocking=True)),
+                                               configs)
+                     for key in dict.fromkeys(key for pair in pairs for key in pair)}
+            for metric, group in groups.values():
+                for i, (a, b) in enumerate(pairs):
+                    for config, d in metric.compare(views[a], views[b], group).items():
+                        distances[config][i].append(d.float().cpu())
+            labels.append(batch[LABELS[dataset]].flatten().float())
+    return {config: [torch.cat(d) for d in per_pair] for config, per_pair in distances.items()}, torch.cat(labels)
+
+
+def evaluate(metrics, loader, dataset, device="cpu", desc=None):
+    """{(method, channel_norm): {measure: value}} on one BAPPS set ("2afc": score, accuracy; "jnd": map)."""
+    distances, labels = set_distances(metrics, loader, dataset, device, desc)
+    if dataset == "2afc":
+        return {config: dict(zip(("score", "accuracy"), score_2afc(d0, d1, labels)))
+                for config, (d0, d1) in distances.items()}
+    return {config: {"map": score_jnd(d, labels)} for config, (d,) in distances.items()}
+
+
+def bapps_sets(root="datasets/BAPPS", splits=tuple(BAPPS_SETS), subsplits=None, download=True, limit=None):
+    """[(dataset, subsplit, Dataset)] of the requested BAPPS sets, 2AFC before JND, subsplits in BAPPS order.
+
+    `subsplits` (default all) applies to each split that has them; `limit` keeps the
+    first examples of each set.
+    """
+    sets = []
+    for split in splits:
+        dataset, bapps_split = BAPPS_SETS[split]
+        for subsplit in SUBSPLITS[bapps_split]:
+            if subsplits is None or subsplit in subsplits:
+                data = dataset_collector("BAPPS", bapps_split, subsplit, root=root, download=download)
+                if limit is not None:
+                    data = Subset(data, range(min(limit, len(data))))
+                sets.append((dataset, subsplit, data))
+    return sets
+
+
+def make_loader(data, batch_size=50, num_workers=0, device="cpu"):
+    """An ordered DataLoader over one set; pinned memory only when feeding a GPU."""
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=torch.device(device).type == "cuda")
+
+
+def evaluate_net(net, args, sets, device, version=0, build=None):
+    """Score `net` on `sets` for each configuration of `args` missing from OUT/results.csv.
+
+    `build(configs)` returns {config: metric} (default: `build_metrics` with the flags
+    of `args`); it runs only if something is missing, so a finished net is never even
+    loaded. Rows are saved after each set; `args.overwrite` recomputes everything.
+    """
+    path = results_path(args.out)
+    configs = requested_configs(args.method, args.channel_norm)
+    done = set() if args.overwrite else {result_key(row) for row in read_results(path)}
+    todo = []
+    for dataset, subsplit, data in sets:
+        missing = [config for config in configs if result_key(
+            config_row(net, args.variant, config, args.normalize, version, dataset, subsplit)) not in done]
+        if missing:
+            todo.append((dataset, subsplit, data, missing))
+    if not todo:
+        print(f"{net}: every requested result is already in {path}; --overwrite recomputes them")
+        return
+    needed = list(dict.fromkeys(config for *_, missing in todo for config in missing))
+    metrics = build(needed) if build is not None else build_metrics(
+        net, args.variant, needed, args.normalize, args.lpips_weights)
+    for metric in metrics.values():
+        metric.to(device).eval()
+    for dataset, subsplit, data, missing in todo:
+        loader = make_loader(data, args.batch_size, args.num_workers, device)
+        scores = evaluate({config: metrics[config] for config in missing}, loader, dataset, device,
+                          desc=f"{net} {dataset}/{subsplit}")
+        save_results(path, score_rows(net, args.variant, args.normalize, version, dataset, subsplit,
+                                      scores, len(data)))
+
+
+# ---------------------------------------------------------------- results
+
+RESULT_COLUMNS = ("net", "variant", "method", "channel_norm", "normalize", "version",
+                  "dataset", "subsplit", "measure", "value", "n")
+KEY_COLUMNS = RESULT_COLUMNS[:8]
+TABLE_KEY = ("net", "variant", "method", "channel_norm", "normalize")
+TABLE_ORDER = {"net": tuple(NETWORKS), "variant": VARIANTS, "method": METHODS,
+               "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
+TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
+              "a configuration with several versions shows mean ± standard deviation over them.")
+
+
+def results_path(out):
+    return Path(out) / "results.csv"
+
+
+def config_row(net, variant, config, normalize, version, dataset, subsplit):
+    """The key columns of a results row, as written in results.csv."""
+    method, norm = config
+    return {"net": net, "variant": variant, "method": method, "channel_norm": "true" if norm else "false",
+            "normalize": normalize, "version": str(version), "dataset": dataset, "subsplit": subsplit}
+
+
+def result_key(row):
+    """What identifies a computed configuration: everything but measure, value and n."""
+    return tuple(row[column] for column in KEY_COLUMNS)
+
+
+def score_rows(net, variant, normalize, version, dataset, subsplit, scores, n):
+    """results.csv rows for `evaluate`'s {config: {measure: value}} on one set of n examples."""
+    return [{**config_row(net, variant, config, normalize, version, dataset, subsplit),
+             "measure": measure, "value": repr(value), "n": str(n)}
+            for config, measures in scores.items() for measure, value in measures.items()]
+
+
+def read_results(path):
+    """The rows of a results.csv (dicts of strings); [] when there is no file yet."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        if tuple(reader.fieldnames or ()) != RESULT_COLUMNS:
+            raise ValueError(f"{path} has the columns {reader.fieldnames}, not {','.join(RESULT_COLUMNS)}: "
+                             f"move it away or choose another --out")
+        return list(reader)
+
+
+def save_results(path, rows):
+    """Merge `rows` into results.csv (a measurement already there is replaced), atomically."""
+    merged = read_results(path)
+    index = {result_key(row) + (row["measure"],): i for i, row in enumerate(merged)}
+    for row in rows:
+        key = result_key(row) + (row["measure"],)
+        if key in index:
+            merged[index[key]] = row
+        else:
+            index[key] = len(merged)
+            merged.append(row)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(merged)
+    write_atomic(path, text.getvalue())
+
+
+def write_atomic(path, text):
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+def _cell(values):
+    present = [v for v in values if v is not None]
+    if not present:
+        return "–"
+    if len(present) == 1:
+        return f"{100 * present[0]:.1f}"
+    return f"{100 * statistics.fmean(present):.1f} ± {100 * statistics.stdev(present):.1f}"
+
+
+def _set_mean(run, dataset):
+    values = [value for (kind, _), value in run.items() if kind == dataset]
+    return statistics.fmean(values) if values else None
+
+
+def _table_order(config):
+    return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER[column] else len(TABLE_ORDER[column]),
+                  value) for column, value in zip(TABLE_KEY, config))
+
+
+def results_table(rows):
+    """Markdown table, LPIPS-paper layout: a row per configuration; the six 2AFC val subsplits,
+    their mean and the JND mAP (mean over the JND subsplits); versions aggregated as mean ± std."""
+    runs = {}
+    for row in rows:
+        if (row["dataset"], row["measure"]) in (("2afc", "score"), ("jnd", "map")):
+            run = runs.setdefault(tuple(row[c] for c in TABLE_KEY), {}).setdefault(row["version"], {})
+            run[row["dataset"], row["subsplit"]] = float(row["value"])
+    header = ["net", "variant", "method", "channel norm", "normalize", "versions", *SUBSPLITS["val"],
+              "2AFC mean", "JND mAP"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for config in sorted(runs, key=_table_order):
+        versions = list(runs[config].values())
+        columns = [[run.get(("2afc", subsplit)) for run in versions] for subsplit in SUBSPLITS["val"]]
+        columns += [[_set_mean(run, "2afc") for run in versions], [_set_mean(run, "jnd") for run in versions]]
+        lines.append("| " + " | ".join([*config, str(len(versions)), *map(_cell, columns)]) + " |")
+    return "\n".join(lines + ["", TABLE_NOTE]) + "\n"
+
+
+def report(out):
+    """Write OUT/results.md from OUT/results.csv and print it."""
+    table = results_table(read_results(results_path(out)))
+    write_atomic(Path(out) / "results.md", table)
+    print(table)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Score deep perceptual similarity metrics on the BAPPS validation sets (2AFC and JND). "
+                    "Results go to OUT/results.csv (configurations already there are skipped) and the "
+                    "table to OUT/results.md.")
+    parser.add_argument("--net", nargs="+", default=["alex"], metavar="NET",
+                        help="loss networks: alex, squeeze, vgg (or alexnet, squeezenet, squeezenet1_1, vgg16); "
+                             "default: alex")
+    parser.add_argument("--method", nargs="+", default=["spatial"], choices=[*METHODS, "all"], metavar="METHOD",
+                        help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
+                             f"default: spatial")
+    parser.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS), default="on",
+                        help="normalise activations over channels; both: evaluate with and without "
+                             "(default: %(default)s)")
+    parser.add_argument("--variant", choices=VARIANTS, default="baseline",
+                        help="baseline: plain sum over channels; lin: LPIPS linear weights from --lpips-weights; "
+                             "tune, scratch: trained backbones, need --train (default: %(default)s)")
+    parser.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
+                        help="input normalisation; lpips: the one LPIPS's weights were trained with "
+                             "(default: %(default)s)")
+    parser.add_argument("--lpips-weights", metavar="PATH|official",
+                        help="linear weights for --variant lin: 'official' (LPIPS v0.1, shipped with the lpips "
+                             "package) or an LPIPS-format file; a file in a folder version_K gives its rows "
+                             "version K")
+    parser.add_argument("--data-root", default="datasets/BAPPS", help="BAPPS folder (default: %(default)s)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="fail instead of downloading BAPPS parts missing under --data-root")
+    parser.add_argument("--splits", nargs="+", choices=tuple(BAPPS_SETS), default=list(BAPPS_SETS),
+                        help="BAPPS parts to evaluate: val (2AFC), jnd (JND); default: both")
+    parser.add_argument("--subsplits", nargs="+", metavar="NAME",
+                        help="only these subsplits, in each split that has them "
+                             f"(val: {' '.join(SUBSPLITS['val'])}; jnd: {' '.join(SUBSPLITS['jnd/val'])}); "
+                             "default: all")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N examples of each set")
+    parser.add_argument("--batch-size", type=int, default=50, help="examples per batch (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader worker processes, 0: load in the main process (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: %(default)s)")
+    parser.add_argument("--out", default="logs/perceptual_metric",
+                        help="folder of results.csv and results.md (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute configurations already in results.csv")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    return parser
+
+
+def parse_args(argv=None):
+    """Parsed and checked flags (nets canonical); a bad combination exits with a usage error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.net = list(dict.fromkeys(canonical_net(net) for net in args.net))
+        check_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def check_args(args):
+    """Raise ValueError, saying the fix, for flags that cannot run together."""
+    if args.variant in ("tune", "scratch"):
+        raise ValueError(f"--variant {args.variant} trains the backbone: it needs --train")
+    if args.variant == "baseline" and args.lpips_weights:
+        raise ValueError("--variant baseline has no linear layers: drop --lpips-weights or use --variant lin")
+    if args.variant == "lin" and not args.lpips_weights:
+        raise ValueError("--variant lin without training evaluates given linear weights: pass --lpips-weights "
+                         "official (LPIPS v0.1) or --lpips-weights PATH (an LPIPS-format file)")
+    valid = [s for split in args.splits for s in SUBSPLITS[BAPPS_SETS[split][1]]]
+    unknown = [s for s in args.subsplits or () if s not in valid]
+    if unknown:
+        raise ValueError(f"--subsplits {' '.join(unknown)}: no such subsplit in --splits {' '.join(args.splits)}; "
+                         f"valid: {' '.join(dict.fromkeys(valid))}")
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    pick_device(args.device)
+
+
+def pick_device(name="auto"):
+    """torch.device for --device: auto is cuda when there is one, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here; "
+                         f"use --device cpu or auto")
+    return device
+
+
+def weights_version(lpips_weights):
+    """The version a linear-weights file was trained as (its folder `version_K`), else 0."""
+    if lpips_weights in (None, "official"):
+        return 0
+    match = re.fullmatch(r"version_(\d+)", Path(lpips_weights).parent.name)
+    return int(match.group(1)) if match else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    try:
+        sets = bapps_sets(args.data_root, args.splits, args.subsplits, not args.no_download, args.limit)
+        for net in args.net:
+            evaluate_net(net, args, sets, device, version=weights_version(args.lpips_weights))
+    except (DatasetError, WeightsUnavailableError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: finished sets are saved in {results_path(args.out)}; "
+              f"rerun the same command to compute the rest", file=sys.stderr)
+        return 130
+    report(args.out)
+    return 0
+
+
+# ---------------------------------------------------------------- training
 # LPIPS training: a Lightning module around DistanceMetric, trained with the recipe of Zhang et
 # al. (2018) to predict 2AFC human judgements through LPIPS's ranking head.
-# ---------------------------------------------------------------------------------------------
 
 TRAINED_VARIANTS = ("lin", "tune", "scratch")
 # resuming means checkpointing into a folder that holds the checkpoint: expected, not worth a warning
 warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
 LIN_INITS = ("default", "abs", "ones")
-
-
-def score_2afc(d0, d1, judge):
-    """(score, accuracy) of distances d0, d1 against judgements (fraction preferring p1), as DESIGN.md."""
-    d0, d1, judge = d0.flatten().double(), d1.flatten().double(), judge.flatten().double()
-    closer0, closer1 = (d0 < d1).double(), (d1 < d0).double()
-    score = closer0 * (1 - judge) + closer1 * judge + (d0 == d1).double() * 0.5
-    accuracy = ((d0 < d1) == (judge < 0.5)).double()
-    return score.mean().item(), accuracy.mean().item()
 
 
 class RankingHead(nn.Module):
@@ -458,3 +899,7 @@ def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, lo
         if isinstance(run_logger, pl.loggers.WandbLogger):
             finish_wandb(run_logger)
     return module.eval()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,503 @@
+"""BAPPS download, verification, safe extraction and datasets; the project's image loader.
+
+Command line (``python dataset_collector.py --help``)::
+
+    python dataset_collector.py --root datasets/BAPPS --parts val jnd train [--url BASE]
+
+fetches the official archives (``twoafc_train.tar.gz``, ``twoafc_val.tar.gz``,
+``jnd.tar.gz``) from ``BASE`` (default: the official bucket, or ``$BAPPS_URL``) into
+``ROOT/<archive>.part``, resumes a partial file with an HTTP Range request (or starts
+over when the server ignores Range), checks the length the server announced and only
+then renames it to ``ROOT/<archive>``. Network errors are retried ``$BAPPS_RETRIES``
+times (default 4) after ``$BAPPS_RETRY_DELAY`` seconds (default 2), doubling each time.
+An archive already at ``ROOT/<archive>`` is used as it is, so one downloaded by hand
+can be placed there.
+
+Extraction accepts members named ``dataset/2afc/{train,val}/...`` and
+``dataset/jnd/val/...``; the leading ``dataset/`` is optional, and so is ``2afc/``
+for the 2AFC archives (the layout the LPIPS download script produces). They land in
+``ROOT/train``, ``ROOT/val`` and ``ROOT/jnd/val``; other members are skipped with a
+warning. Absolute names, names with ``..``, special files and links that leave the
+part's folder make the whole archive an error. Each part is extracted into
+``ROOT/.extract-<part>``, its layout checked, moved into place, and only then is the
+marker ``ROOT/.complete-<part>`` (part: ``train``, ``val``, ``jnd``) written. A part with
+its marker is never fetched again; a part without it is fetched and extracted anew.
+The archive is deleted after extraction unless ``--keep-archives``.
+
+``dataset_collector("BAPPS", split, ...)`` returns the datasets described in DESIGN.md,
+and ``load_image`` is the one image-file loader of the project.
+"""
+import argparse
+import gzip
+import os
+import posixpath
+import re
+import shutil
+import sys
+import tarfile
+import time
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import requests
+import torch
+import torch.nn.functional as F
+import urllib3
+from PIL import Image
+from torch.utils.data import ConcatDataset, Dataset
+from tqdm import tqdm
+
+BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
+ARCHIVES = {"train": "twoafc_train.tar.gz", "val": "twoafc_val.tar.gz", "jnd": "jnd.tar.gz"}
+SPLIT_OF_PART = {"train": "train", "val": "val", "jnd": "jnd/val"}
+ARCHIVE_PREFIXES = {
+    "train": ("dataset/2afc/train", "2afc/train", "train"),
+    "val": ("dataset/2afc/val", "2afc/val", "val"),
+    "jnd": ("dataset/jnd/val", "jnd/val"),
+}
+SUBSPLITS = {
+    "train": ("traditional", "cnn", "mix"),
+    "val": ("traditional", "cnn", "superres", "deblur", "color", "frameinterp"),
+    "jnd/val": ("traditional", "cnn"),
+}
+PART_OF_SPLIT = {split: part for part, split in SPLIT_OF_PART.items()}
+TWOAFC_FOLDERS = {"images": ("ref", "p0", "p1"), "judgement": "judge"}
+JND_FOLDERS = {"images": ("p0", "p1"), "judgement": "same"}
+
+
+class DatasetError(RuntimeError):
+    """A problem with BAPPS on disk or its download that the user has to act on."""
+
+
+class DownloadError(DatasetError):
+    """A download that failed for good (after the retries)."""
+
+
+class UnsafeArchiveError(DatasetError):
+    """An archive member that would land outside the root, or is not a plain file."""
+
+
+class ImageLoadError(OSError):
+    """An image file that is missing or cannot be decoded."""
+
+
+class _TransientDownloadError(Exception):
+    """A failed download attempt worth retrying (incomplete transfer, server error)."""
+
+
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError,
+              _TransientDownloadError)
+
+
+# ---------------------------------------------------------------- image loading
+
+
+def load_image(path, size=None):
+    """Read an image file as a float32 tensor (3, H, W) in [0, 1], RGB.
+
+    Transparent images are composited over white, grayscale is replicated to three
+    channels, 16-bit grayscale keeps its precision. With ``size`` (int) the image is
+    resized to size x size (bicubic, antialiased, clamped into [0, 1]) unless it
+    already has that size. Raises ``ImageLoadError`` naming the path.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = _pil_to_tensor(im)
+    except Exception as err:  # PIL reports corrupt files through many exception types
+        raise ImageLoadError(f"cannot read image {path}: {err}") from err
+    if size is not None and tuple(image.shape[1:]) != (size, size):
+        image = F.interpolate(image[None], size=(size, size), mode="bicubic",
+                              align_corners=False, antialias=True)[0].clamp_(0, 1)
+    return image
+
+
+def _pil_to_tensor(im):
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = np.array(im.convert("RGBA"))
+        rgba = torch.from_numpy(rgba).permute(2, 0, 1).contiguous().float() / 255
+        alpha = rgba[3:]
+        return rgba[:3] * alpha + (1 - alpha)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        gray = torch.from_numpy(np.array(im, dtype=np.float32)) / 65535
+        return gray.clamp_(0, 1).expand(3, -1, -1).contiguous()
+    rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float() / 255
+
+
+# ---------------------------------------------------------------- download
+
+
+def _env_number(name, default, kind):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"${name}={value!r} is not a valid {kind.__name__}") from None
+
+
+def download(url, dest, retries=None, retry_delay=None):
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming and retrying."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    retries = _env_number("BAPPS_RETRIES", 4, int) if retries is None else retries
+    delay = _env_number("BAPPS_RETRY_DELAY", 2.0, float) if retry_delay is None else retry_delay
+    retries = max(retries, 0)
+    for attempt in range(retries + 1):
+        try:
+            _download_once(url, part)
+            break
+        except _RETRYABLE as err:
+            if attempt == retries:
+                raise DownloadError(
+                    f"could not download {url} ({err}). Check the network or the base URL "
+                    f"(--url / $BAPPS_URL) and rerun to resume, or download the file by hand "
+                    f"and place it at {dest}") from err
+            wait = delay * 2 ** attempt
+            print(f"download of {url} failed ({err}); retry {attempt + 1}/{retries} "
+                  f"in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+        except requests.RequestException as err:
+            raise DownloadError(f"could not download {url} ({err}); check the base URL "
+                                f"(--url / $BAPPS_URL)") from err
+    os.replace(part, dest)
+
+
+def _download_once(url, part):
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    with requests.get(url, headers=headers, stream=True, timeout=(30, 60)) as response:
+        total, append = _expected_total(response, url, part, offset)
+        if total is not None and offset == total and append:
+            return
+        # Raw bytes, as stored on the server; a short transfer keeps what arrived and is
+        # caught by the length check below, so that the next attempt resumes after it.
+        response.raw.enforce_content_length = False
+        with open(part, "ab" if append else "wb") as f, tqdm(
+                total=total, initial=offset if append else 0, unit="B", unit_scale=True,
+                desc=part.name.removesuffix(".part")) as bar:
+            for chunk in response.raw.stream(1 << 20, decode_content=False):
+                f.write(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        if size > total:
+            part.unlink()
+        raise _TransientDownloadError(f"got {size} of the {total} bytes the server announced")
+
+
+def _expected_total(response, url, part, offset):
+    """Return (announced total length or None, whether to append to the .part file)."""
+    status = response.status_code
+    if status == 416:
+        match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
+        if match and int(match.group(1)) == offset:
+            return offset, True
+        part.unlink()
+        raise _TransientDownloadError("the partial file does not fit the server's; starting over")
+    if status >= 500 or status in (408, 429):
+        raise _TransientDownloadError(f"HTTP {status} {response.reason}")
+    if status >= 400:
+        raise DownloadError(
+            f"could not download {url}: HTTP {status} {response.reason}. Check the base URL "
+            f"(--url / $BAPPS_URL), or download the file by hand and place it at "
+            f"{part.with_suffix('')}")
+    if status == 206:
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+        if not match or int(match.group(1)) != offset:
+            part.unlink()
+            raise _TransientDownloadError("the server resumed at the wrong offset; starting over")
+        return int(match.group(2)), True
+    if offset:
+        print(f"{url}: the server ignored the resume request; starting over", file=sys.stderr)
+    length = response.headers.get("Content-Length")
+    return (int(length) if length is not None else None), False
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def _map_member(name, part):
+    """Map an archive path onto its path under the root, or None when outside the part."""
+    parts = PurePosixPath(name).parts
+    for prefix in ARCHIVE_PREFIXES[part]:
+        prefix_parts = PurePosixPath(prefix).parts
+        if parts[:len(prefix_parts)] == prefix_parts:
+            return "/".join((SPLIT_OF_PART[part],) + parts[len(prefix_parts):])
+    return None
+
+
+def _is_ancestor(name, part):
+    """Whether ``name`` is one of the folders that lead to the part (``dataset/``, ...)."""
+    parts = PurePosixPath(name).parts
+    return any(PurePosixPath(prefix).parts[:len(parts)] == parts
+               for prefix in ARCHIVE_PREFIXES[part])
+
+
+def _unsafe(name):
+    """Why an archive path may not be used (absolute, contains ..), or None."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        return "is absolute"
+    if ".." in path.parts:
+        return "contains '..'"
+    return None
+
+
+def _safe_member(member, part, archive):
+    """Return the member renamed to its place under the root, None to skip it, or raise."""
+    reason = _unsafe(member.name)
+    if reason:
+        raise UnsafeArchiveError(f"{archive}: member {member.name!r} {reason}")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a special file")
+    mapped = _map_member(member.name, part)
+    if not (member.issym() or member.islnk()):
+        return None if mapped is None else member.replace(name=mapped, deep=False)
+    target = member.linkname
+    if member.issym() and not PurePosixPath(target).is_absolute():
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), target))
+    mapped_target = None if _unsafe(target) else _map_member(target, part)
+    if mapped_target is None:
+        raise UnsafeArchiveError(f"{archive}: link {member.name!r} -> {member.linkname!r} "
+                                 f"points outside {SPLIT_OF_PART[part]}/")
+    if mapped is None:
+        return None
+    if member.issym():
+        linkname = posixpath.relpath(mapped_target, posixpath.dirname(mapped))
+    else:
+        linkname = mapped_target
+    return member.replace(name=mapped, linkname=linkname, deep=False)
+
+
+def extract_part(archive, root, part):
+    """Safely extract one BAPPS archive into ``root`` and write the part's marker."""
+    archive, root = Path(archive), Path(root)
+    staging = root / f".extract-{part}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        skipped = _extract_members(archive, staging, part)
+        _check_layout(staging / SPLIT_OF_PART[part], part, archive)
+        _move_into_place(staging / SPLIT_OF_PART[part], root / SPLIT_OF_PART[part])
+    except UnsafeArchiveError as err:
+        raise UnsafeArchiveError(f"{err}. The archive is refused and nothing of it was kept; "
+                                 f"delete it and download it again from a trusted source") from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeError) as err:
+        raise DatasetError(f"cannot extract {archive} ({err}); delete it and rerun to "
+                           f"download it again") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if skipped:
+        print(f"{archive}: skipped {len(skipped)} members outside the BAPPS layout, "
+              f"e.g. {skipped[:3]}", file=sys.stderr)
+    _write_marker(root, part, archive)
+
+
+def _extract_members(archive, staging, part):
+    skipped = []
+    with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar, tqdm(
+            total=archive.stat().st_size, unit="B", unit_scale=True,
+            desc=f"extracting {archive.name}") as bar:
+        for member in tar:
+            renamed = _safe_member(member, part, archive)
+            if renamed is None:
+                if not _is_ancestor(member.name, part):
+                    skipped.append(member.name)
+            elif renamed.isdir():
+                # Folders are made here, not by tarfile, so that an archived read-only
+                # mode cannot stop the files that go inside them.
+                (staging / renamed.name).mkdir(parents=True, exist_ok=True)
+            else:
+                tar.extract(renamed, staging, filter="data")
+            bar.update(raw.tell() - bar.n)
+        # Reading to the end makes gzip verify its checksum and length trailer.
+        while tar.fileobj.read(1 << 20):
+            pass
+    return skipped
+
+
+def _check_layout(folder, part, archive):
+    kind = JND_FOLDERS if part == "jnd" else TWOAFC_FOLDERS
+    for subsplit in SUBSPLITS[SPLIT_OF_PART[part]]:
+        for sub in (*kind["images"], kind["judgement"]):
+            if not (folder / subsplit / sub).is_dir():
+                raise DatasetError(
+                    f"{archive} has no {SPLIT_OF_PART[part]}/{subsplit}/{sub}/ folder; it is not "
+                    f"the BAPPS archive {ARCHIVES[part]}. Delete it and rerun to download it again")
+
+
+def _move_into_place(source, dest):
+    """Replace ``dest`` by ``source`` so that ``dest`` is never a half-written tree."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(f".old-{dest.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(source, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def marker_path(root, part):
+    """The file whose presence says that ``part`` (train, val, jnd) is fully extracted."""
+    return Path(root) / f".complete-{part}"
+
+
+def _write_marker(root, part, archive):
+    marker = marker_path(root, part)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(f"extracted from {Path(archive).name}\n")
+    os.replace(tmp, marker)
+
+
+def fetch_part(root, part, url=None, keep_archive=False, retries=None, retry_delay=None):
+    """Make ``part`` (train, val, jnd) complete under ``root``; False if it already was."""
+    if part not in ARCHIVES:
+        raise ValueError(f"unknown BAPPS part {part!r}; valid parts: {', '.join(ARCHIVES)}")
+    root = Path(root)
+    if marker_path(root, part).exists():
+        return False
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / ARCHIVES[part]
+    if not archive.exists():
+        base = url or os.environ.get("BAPPS_URL") or BASE_URL
+        download(base.rstrip("/") + "/" + ARCHIVES[part], archive, retries, retry_delay)
+    extract_part(archive, root, part)
+    if not keep_archive:
+        archive.unlink()
+    return True
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class BAPPSSubsplit(Dataset):
+    """One BAPPS subsplit folder: 2AFC items {ref, p0, p1, judge} or JND {p0, p1, same}."""
+
+    def __init__(self, folder, jnd=False, image_transform=None, load_size=64):
+        self.folder = Path(folder)
+        kind = JND_FOLDERS if jnd else TWOAFC_FOLDERS
+        self.image_keys, self.judgement_key = kind["images"], kind["judgement"]
+        self.image_transform = image_transform
+        self.load_size = load_size
+        self.stems = self._matched_stems()
+
+    def _matched_stems(self):
+        suffixes = {key: ".png" for key in self.image_keys}
+        suffixes[self.judgement_key] = ".npy"
+        stems = {}
+        for key, suffix in suffixes.items():
+            sub = self.folder / key
+            if not sub.is_dir():
+                raise DatasetError(f"missing folder {sub}")
+            stems[key] = {p.stem for p in sub.iterdir()
+                          if p.suffix == suffix and not p.name.startswith(".")}
+        every = set().union(*stems.values())
+        for key, found in stems.items():
+            missing = sorted(every - found)
+            if missing:
+                raise DatasetError(
+                    f"{self.folder}: stem {missing[0]!r} has no file "
+                    f"{self.folder / key / (missing[0] + suffixes[key])} "
+                    f"({len(missing)} stems missing from {key}/)")
+        if not every:
+            raise DatasetError(f"no examples in {self.folder}")
+        return sorted(every)
+
+    def __len__(self):
+        return len(self.stems)
+
+    def __getitem__(self, index):
+        stem = self.stems[index]
+        item = {}
+        for key in self.image_keys:
+            image = load_image(self.folder / key / f"{stem}.png", self.load_size)
+            item[key] = image if self.image_transform is None else self.image_transform(image)
+        item[self.judgement_key] = _load_judgement(self.folder / self.judgement_key / f"{stem}.npy")
+        return item
+
+
+def _load_judgement(path):
+    try:
+        value = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy reports bad files through several exception types
+        raise DatasetError(f"cannot read judgement {path}: {err}") from err
+    value = np.asarray(value, dtype=np.float32).reshape(-1)
+    if value.size != 1 or not 0 <= value[0] <= 1:
+        raise DatasetError(f"judgement {path} should be one number in [0, 1], found {value}")
+    return torch.from_numpy(value)
+
+
+def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", download=True,
+                      image_transform=None, load_size=64):
+    """The BAPPS dataset of ``split`` (train, val, jnd/val) and ``subsplit``.
+
+    ``subsplit`` is one name of ``SUBSPLITS[split]``, a list of them, or ``"all"``
+    (all of them, concatenated in the order of ``SUBSPLITS``). With ``download`` the
+    part is fetched when its marker is missing.
+    """
+    if name != "BAPPS":
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: BAPPS")
+    if split not in SUBSPLITS:
+        raise ValueError(f"unknown BAPPS split {split!r}; valid splits: {', '.join(SUBSPLITS)}")
+    names = SUBSPLITS[split] if subsplit == "all" else (
+        (subsplit,) if isinstance(subsplit, str) else tuple(subsplit))
+    for sub in names:
+        if sub not in SUBSPLITS[split]:
+            raise ValueError(f"unknown subsplit {sub!r} of {split}; valid subsplits: "
+                             f"{', '.join(SUBSPLITS[split])}, all")
+    part, root = PART_OF_SPLIT[split], Path(root)
+    if download:
+        fetch_part(root, part)
+    elif not marker_path(root, part).exists():
+        raise DatasetError(
+            f"BAPPS {split} is not (completely) under {root}: {marker_path(root, part)} is "
+            f"missing. Fetch it with: python dataset_collector.py --root {root} --parts {part}")
+    sets = [BAPPSSubsplit(root / split / sub, jnd=(split == "jnd/val"),
+                          image_transform=image_transform, load_size=load_size)
+            for sub in names]
+    return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Download, verify and extract the BAPPS dataset (resumable; parts "
+                    "already complete are skipped).",
+        epilog="An archive downloaded by hand can be placed in ROOT under its own name. "
+               "Environment: BAPPS_URL (base URL), BAPPS_RETRIES (default 4), "
+               "BAPPS_RETRY_DELAY (seconds before the first retry, doubling; default 2).")
+    parser.add_argument("--root", default="datasets/BAPPS",
+                        help="dataset folder (default: %(default)s)")
+    parser.add_argument("--parts", nargs="+", choices=list(ARCHIVES),
+                        default=["val", "jnd", "train"],
+                        help="archives to fetch: val (1.1 GB), jnd (0.2 GB), train (5.3 GB); "
+                             "default: all")
+    parser.add_argument("--url", default=None,
+                        help=f"base URL of the archives (default: $BAPPS_URL or {BASE_URL})")
+    parser.add_argument("--keep-archives", action="store_true",
+                        help="keep the .tar.gz files after extraction (default: delete them)")
+    args = parser.parse_args(argv)
+    try:
+        for part in args.parts:
+            fetched = fetch_part(args.root, part, url=args.url, keep_archive=args.keep_archives)
+            state = "complete" if fetched else "already complete"
+            print(f"{part}: {state} in {Path(args.root) / SPLIT_OF_PART[part]}")
+    except (DatasetError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

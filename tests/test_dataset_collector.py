@@ -1,0 +1,448 @@
+"""dataset_collector.py: download, safe extraction, datasets and load_image, all offline.
+
+Archives are built here from a tiny BAPPS tree (tests/bapps_fake.py) and served by an
+http.server on 127.0.0.1 that supports Range, can ignore it, can cut a transfer off
+half-way, and counts requests.
+"""
+import functools
+import http.server
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bapps_fake import make_bapps
+from dataset_collector import (ARCHIVES, SUBSPLITS, DatasetError, ImageLoadError, dataset_collector,
+                               fetch_part, load_image, main, marker_path)
+
+REPO = Path(__file__).resolve().parent.parent
+OFFICIAL_PREFIX = {"train": "dataset/2afc/", "val": "dataset/2afc/", "jnd": "dataset/"}
+BARE_PREFIX = {"train": "", "val": "", "jnd": ""}
+PART_FOLDER = {"train": "train", "val": "val", "jnd": "jnd/val"}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with Range support; ``server.state`` counts, cuts and ignores Range."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        state = self.server.state
+        state.requests.append((self.path, self.headers.get("Range")))
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        start = int(match.group(1)) if match and not state.ignore_range else 0
+        if start:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if state.cuts_left > 0:
+            state.cuts_left -= 1
+            body = body[:len(body) // 2]
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(served)))
+    httpd.state = SimpleNamespace(requests=[], cuts_left=0, ignore_range=False)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_address[1]}/", dir=served,
+                          state=httpd.state)
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch):
+    monkeypatch.setenv("BAPPS_RETRY_DELAY", "0")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("BAPPS_URL", raising=False)
+
+
+def _build_archive(src, part, dest, prefix=OFFICIAL_PREFIX, extra=()):
+    """Tar ``src/<part folder>`` under ``prefix`` into ``dest``, then add ``extra`` members."""
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src / PART_FOLDER[part], arcname=prefix[part] + PART_FOLDER[part])
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return dest
+
+
+def _member(name, kind=tarfile.REGTYPE, linkname="", data=b"evil"):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, (data if kind == tarfile.REGTYPE else None)
+
+
+def _files(root, part):
+    folder = Path(root) / PART_FOLDER[part]
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_bapps(tmp_path_factory.mktemp("src"), n_2afc=2, n_jnd=2, size=8)
+
+
+# ---------------------------------------------------------------- download and extraction
+
+
+@pytest.mark.parametrize("prefix", [OFFICIAL_PREFIX, BARE_PREFIX], ids=["dataset-prefix", "bare"])
+def test_downloads_extracts_exact_layout_then_makes_no_request(source, server, tmp_path, prefix):
+    for part in ARCHIVES:
+        _build_archive(source, part, server.dir / ARCHIVES[part], prefix)
+    root = tmp_path / "root"
+    assert main(["--root", str(root), "--parts", "val", "jnd", "train", "--url", server.url]) == 0
+    for part in ARCHIVES:
+        assert _files(root, part) == _files(source, part)
+        assert marker_path(root, part).exists()
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".complete-jnd", ".complete-train", ".complete-val", "jnd", "train", "val"]
+    assert len(server.state.requests) == 3
+
+    assert main(["--root", str(root), "--url", server.url]) == 0
+    dataset_collector("BAPPS", "jnd/val", root=root, download=True)
+    assert len(server.state.requests) == 3
+
+
+def test_keep_archives_keeps_the_verified_archive(source, server, tmp_path):
+    archive = _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
+    root = tmp_path / "root"
+    args = ["--root", str(root), "--parts", "jnd", "--url", server.url, "--keep-archives"]
+    assert main(args) == 0
+    assert (root / ARCHIVES["jnd"]).read_bytes() == archive.read_bytes()
+
+
+def test_tree_without_marker_is_replaced_by_a_complete_one(source, tmp_path):
+    root = tmp_path / "root"
+    (root / "jnd/val/cnn/p0").mkdir(parents=True)
+    (root / "jnd/val/cnn/p0/stale.png").write_bytes(b"left by an interrupted run")
+    _build_archive(source, "jnd", root / ARCHIVES["jnd"])
+    assert fetch_part(root, "jnd")
+    assert _files(root, "jnd") == _files(source, "jnd")
+    assert sorted(p.name for p in root.iterdir()) == [".complete-jnd", "jnd"]
+    assert not fetch_part(root, "jnd")
+
+
+@pytest.mark.parametrize("ignore_range", [False, True], ids=["resume", "server-ignores-range"])
+def test_cut_transfer_fails_cleanly_then_completes(source, server, tmp_path, ignore_range):
+    archive = _build_archive(source, "val", server.dir / ARCHIVES["val"])
+    server.state.cuts_left, server.state.ignore_range = 1, ignore_range
+    root = tmp_path / "root"
+    env = dict(os.environ, BAPPS_RETRIES="0", BAPPS_RETRY_DELAY="0", NO_PROXY="127.0.0.1")
+    first = subprocess.run(
+        [sys.executable, str(REPO / "dataset_collector.py"), "--root", str(root),
+         "--parts", "val", "--url", server.url],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode != 0
+    assert server.url + ARCHIVES["val"] in first.stderr
+    assert str(root / ARCHIVES["val"]) in first.stderr
+    assert not marker_path(root, "val").exists() and not (root / "val").exists()
+    partial = root / (ARCHIVES["val"] + ".part")
+    half = archive.stat().st_size // 2
+    assert partial.stat().st_size == half
+
+    assert main(["--root", str(root), "--parts", "val", "--url", server.url]) == 0
+    assert [r for _, r in server.state.requests] == [None, f"bytes={half}-"]
+    assert _files(root, "val") == _files(source, "val")
+    assert marker_path(root, "val").exists() and not partial.exists()
+
+
+def test_cut_transfer_is_retried_within_one_run(source, server, tmp_path):
+    archive = _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
+    server.state.cuts_left = 1
+    assert fetch_part(tmp_path / "root", "jnd", url=server.url, retries=2, retry_delay=0)
+    half = archive.stat().st_size // 2
+    assert [r for _, r in server.state.requests] == [None, f"bytes={half}-"]
+    assert _files(tmp_path / "root", "jnd") == _files(source, "jnd")
+
+
+def test_missing_file_on_server_says_where_to_place_it(server, tmp_path, capsys):
+    root = tmp_path / "root"
+    assert main(["--root", str(root), "--parts", "jnd", "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert "404" in err and server.url + ARCHIVES["jnd"] in err
+    assert str(root / ARCHIVES["jnd"]) in err
+    assert len(server.state.requests) == 1
+    assert not marker_path(root, "jnd").exists()
+
+
+def _hostile(kind, tmp_path):
+    inside = "dataset/2afc/val/traditional/ref/"
+    if kind == "dotdot":
+        return [_member(inside + "../../../../../x")], tmp_path / "x"
+    if kind == "absolute":
+        return [_member(str(tmp_path / "abs_x"))], tmp_path / "abs_x"
+    if kind == "symlink":
+        link = _member(inside + "evil", tarfile.SYMTYPE, linkname=str(tmp_path))
+        return [link, _member(inside + "evil/payload")], tmp_path / "payload"
+    if kind == "relative-symlink":
+        link = _member(inside + "evil", tarfile.SYMTYPE, linkname="../../../../../..")
+        return [link, _member(inside + "evil/payload")], tmp_path / "payload"
+    link = _member(inside + "evil", tarfile.LNKTYPE, linkname=str(tmp_path / "victim"))
+    return [link], tmp_path / "victim"
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "relative-symlink", "hardlink"])
+def test_hostile_archive_writes_nothing_outside_root(source, tmp_path, capsys, kind):
+    extra, target = _hostile(kind, tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    _build_archive(source, "val", root / ARCHIVES["val"], extra=extra)
+    before = sorted(p for p in tmp_path.rglob("*") if root not in p.parents)
+    assert main(["--root", str(root), "--parts", "val"]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*") if root not in p.parents) == before
+    assert not target.exists() and not target.is_symlink()
+    assert sorted(p.name for p in root.iterdir()) == [ARCHIVES["val"]]
+
+
+@pytest.mark.parametrize("kind, linkname", [
+    (tarfile.SYMTYPE, "../p0/000000.png"),
+    (tarfile.LNKTYPE, "dataset/2afc/val/traditional/p0/000000.png"),
+], ids=["symlink", "hardlink"])
+def test_link_inside_the_part_is_extracted(source, tmp_path, kind, linkname):
+    root = tmp_path / "root"
+    root.mkdir()
+    extra = [_member("dataset/2afc/val/traditional/ref/alias.png", kind, linkname=linkname)]
+    _build_archive(source, "val", root / ARCHIVES["val"], extra=extra)
+    assert fetch_part(root, "val")
+    alias = root / "val/traditional/ref/alias.png"
+    assert alias.is_symlink() == (kind == tarfile.SYMTYPE)
+    assert alias.read_bytes() == (source / "val/traditional/p0/000000.png").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad-checksum", "wrong-archive"])
+def test_damaged_or_wrong_archive_is_an_error(source, tmp_path, capsys, damage):
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = root / ARCHIVES["val"]
+    if damage == "truncated":
+        data = _build_archive(source, "val", tmp_path / "full.tar.gz").read_bytes()
+        archive.write_bytes(data[:len(data) * 3 // 4])
+    elif damage == "bad-checksum":
+        data = bytearray(_build_archive(source, "val", tmp_path / "full.tar.gz").read_bytes())
+        data[-8] ^= 0xFF  # the gzip trailer's CRC-32: every tar member still reads fine
+        archive.write_bytes(bytes(data))
+    else:
+        _build_archive(source, "jnd", tmp_path / "jnd.tar.gz").rename(archive)
+    assert main(["--root", str(root), "--parts", "val"]) == 1
+    assert str(archive) in capsys.readouterr().err
+    assert sorted(p.name for p in root.iterdir()) == [ARCHIVES["val"]]
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--root", "--parts", "--url", "--keep-archives"):
+        assert option in out
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@pytest.fixture(scope="module")
+def bapps(tmp_path_factory):
+    return make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=5, n_jnd=4, size=64)
+
+
+def _pixels(path):
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
+
+
+def test_2afc_item_is_exactly_what_is_on_disk(bapps):
+    item = dataset_collector("BAPPS", "val", subsplit="cnn", root=bapps, download=False)[3]
+    folder = bapps / "val" / "cnn"
+    assert set(item) == {"ref", "p0", "p1", "judge"}
+    for key in ("ref", "p0", "p1"):
+        assert item[key].shape == (3, 64, 64) and item[key].dtype == torch.float32
+        assert torch.equal(item[key], _pixels(folder / key / "000003.png"))
+    assert item["judge"].shape == (1,) and item["judge"].dtype == torch.float32
+    assert item["judge"].item() == np.load(folder / "judge" / "000003.npy")[0]
+    assert 0 <= item["judge"].item() <= 1
+
+
+def test_jnd_item_is_exactly_what_is_on_disk(bapps):
+    dataset = dataset_collector("BAPPS", "jnd/val", subsplit="traditional", root=bapps,
+                                download=False)
+    folder = bapps / "jnd" / "val" / "traditional"
+    assert len(dataset) == 4
+    item = dataset[2]
+    assert set(item) == {"p0", "p1", "same"}
+    assert torch.equal(item["p1"], _pixels(folder / "p1" / "000002.png"))
+    assert item["same"].shape == (1,) and item["same"].item() in (0.0, 1.0)
+    assert item["same"].item() == np.load(folder / "same" / "000002.npy")[0]
+
+
+def test_all_concatenates_subsplits_in_design_order(bapps):
+    dataset = dataset_collector("BAPPS", "train", root=bapps, download=False)
+    assert len(dataset) == 5 * len(SUBSPLITS["train"])
+    for k, subsplit in enumerate(SUBSPLITS["train"]):
+        expected = _pixels(bapps / "train" / subsplit / "ref" / "000001.png")
+        assert torch.equal(dataset[5 * k + 1]["ref"], expected)
+
+
+def test_load_size_and_image_transform(bapps):
+    dataset = dataset_collector("BAPPS", "val", subsplit=["color"], root=bapps, download=False,
+                                load_size=32, image_transform=lambda x: 1 - x)
+    reference = F.interpolate(_pixels(bapps / "val/color/p0/000000.png")[None], size=(32, 32),
+                              mode="bicubic", antialias=True).clamp(0, 1)[0]
+    torch.testing.assert_close(dataset[0]["p0"], 1 - reference)
+
+
+def test_dataloader_batches_in_worker_processes(bapps):
+    dataset = dataset_collector("BAPPS", "val", root=bapps, download=False)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=7, num_workers=2)))
+    assert batch["ref"].shape == (7, 3, 64, 64) and batch["judge"].shape == (7, 1)
+
+
+def test_missing_stem_is_named(tmp_path):
+    root = make_bapps(tmp_path, n_2afc=3, size=8, splits=("val",))
+    (root / "val/deblur/p1/000002.png").unlink()
+    with pytest.raises(DatasetError, match=r"000002.*p1"):
+        dataset_collector("BAPPS", "val", subsplit="deblur", root=root, download=False)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_png_names_its_path(tmp_path, damage):
+    root = make_bapps(tmp_path, n_2afc=2, size=16, splits=("val",))
+    path = root / "val/superres/p0/000001.png"
+    data = path.read_bytes()
+    path.write_bytes(b"not a png" if damage == "garbage" else data[:len(data) // 2])
+    dataset = dataset_collector("BAPPS", "val", subsplit="superres", root=root, download=False)
+    dataset[0]
+    with pytest.raises(ImageLoadError, match=re.escape(str(path))):
+        dataset[1]
+
+
+@pytest.mark.parametrize("args, valid", [
+    (("BAPPS", "test"), "train, val, jnd/val"),
+    (("BAPPS", "val", "mix"), "traditional, cnn, superres, deblur, color, frameinterp"),
+    (("BAPPS", "jnd/val", "superres"), "traditional, cnn"),
+    (("KADID", "val"), "BAPPS"),
+])
+def test_unknown_names_list_the_valid_ones(tmp_path, args, valid):
+    with pytest.raises(ValueError, match=re.escape(valid)):
+        dataset_collector(*args, root=tmp_path, download=False)
+
+
+def test_missing_dataset_without_download_names_the_command(tmp_path):
+    make_bapps(tmp_path, n_2afc=1, size=8, splits=("val",))
+    expected = f"python dataset_collector.py --root {tmp_path} --parts jnd"
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        dataset_collector("BAPPS", "jnd/val", root=tmp_path, download=False)
+
+
+# ---------------------------------------------------------------- load_image
+
+
+def _save(tmp_path, image, name="image.png", **params):
+    path = tmp_path / name
+    image.save(path, **params)
+    return path
+
+
+def test_rgba_is_composited_over_white(tmp_path):
+    pixels = np.zeros((2, 2, 4), dtype=np.uint8)
+    pixels[0, 0] = (255, 0, 0, 0)  # hidden red under full transparency
+    pixels[0, 1] = (200, 100, 0, 128)
+    pixels[1, :] = (10, 20, 30, 255)
+    image = load_image(_save(tmp_path, Image.fromarray(pixels, "RGBA")))
+    assert image.shape == (3, 2, 2) and image.dtype == torch.float32
+    torch.testing.assert_close(image[:, 0, 0], torch.ones(3))
+    # 200/255 * 128/255 + (1 - 128/255) = (200*128 + 127*255) / 255**2, likewise for G, B
+    half = torch.tensor([57985, 45185, 32385]) / 65025
+    torch.testing.assert_close(image[:, 0, 1], half)
+    torch.testing.assert_close(image[:, 1, 1], torch.tensor([10, 20, 30]) / 255)
+
+
+def test_la_gray_is_composited_and_replicated(tmp_path):
+    pixels = np.array([[[77, 0], [100, 255]]], dtype=np.uint8)
+    image = load_image(_save(tmp_path, Image.fromarray(pixels, "LA")))
+    torch.testing.assert_close(image[:, 0, 0], torch.ones(3))
+    torch.testing.assert_close(image[:, 0, 1], torch.full((3,), 100 / 255))
+
+
+def test_gray_gives_three_equal_channels(tmp_path):
+    pixels = np.array([[0, 51], [204, 255]], dtype=np.uint8)
+    image = load_image(_save(tmp_path, Image.fromarray(pixels, "L")))
+    for channel in image:
+        torch.testing.assert_close(channel, torch.from_numpy(pixels).float() / 255)
+
+
+def test_16_bit_gray_keeps_its_precision(tmp_path):
+    pixels = np.array([[0, 1], [40000, 65535]], dtype=np.uint16)
+    image = load_image(_save(tmp_path, Image.fromarray(pixels)))
+    torch.testing.assert_close(image[1], torch.from_numpy(pixels.astype(np.float32)) / 65535)
+
+
+def test_palette_with_transparency_entry(tmp_path):
+    palette = Image.new("P", (2, 1), 0)
+    palette.putpalette([0, 255, 0, 10, 20, 30])
+    palette.putpixel((1, 0), 1)
+    image = load_image(_save(tmp_path, palette, transparency=0))
+    torch.testing.assert_close(image[:, 0, 0], torch.ones(3))
+    torch.testing.assert_close(image[:, 0, 1], torch.tensor([10, 20, 30]) / 255)
+
+
+def test_rgb_with_transparent_colour_key(tmp_path):
+    pixels = np.array([[[1, 2, 3], [4, 5, 6]]], dtype=np.uint8)
+    image = load_image(_save(tmp_path, Image.fromarray(pixels, "RGB"), transparency=(1, 2, 3)))
+    torch.testing.assert_close(image[:, 0, 0], torch.ones(3))
+    torch.testing.assert_close(image[:, 0, 1], torch.tensor([4, 5, 6]) / 255)
+
+
+def test_size_resizes_only_when_needed(tmp_path):
+    rng = np.random.default_rng(1)
+    path = _save(tmp_path, Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)))
+    original = load_image(path)
+    assert original.shape == (3, 20, 30)
+    assert torch.equal(load_image(path, size=None), original)
+    reference = F.interpolate(original[None], size=(16, 16), mode="bicubic",
+                              antialias=True).clamp(0, 1)[0]
+    torch.testing.assert_close(load_image(path, size=16), reference)
+    square = _save(tmp_path, Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)),
+                   name="square.png")
+    assert torch.equal(load_image(square, size=16), load_image(square))
+
+
+@pytest.mark.parametrize("content", [None, b"", b"\x89PNG\r\n\x1a\n garbage"])
+def test_unreadable_image_names_its_path(tmp_path, content):
+    path = tmp_path / "broken.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ImageLoadError, match=re.escape(str(path))):
+        load_image(path)
