@@ -598,6 +598,7 @@ def build_parser():
                         help="folder of results.csv and results.md (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="recompute configurations already in results.csv")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_training_flags(parser)
     return parser
 
 
@@ -615,13 +616,14 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Raise ValueError, saying the fix, for flags that cannot run together."""
-    if args.variant in ("tune", "scratch"):
+    if args.variant in ("tune", "scratch") and not args.train:
         raise ValueError(f"--variant {args.variant} trains the backbone: it needs --train")
     if args.variant == "baseline" and args.lpips_weights:
         raise ValueError("--variant baseline has no linear layers: drop --lpips-weights or use --variant lin")
-    if args.variant == "lin" and not args.lpips_weights:
+    if args.variant == "lin" and not args.lpips_weights and not args.train:
         raise ValueError("--variant lin without training evaluates given linear weights: pass --lpips-weights "
-                         "official (LPIPS v0.1) or --lpips-weights PATH (an LPIPS-format file)")
+                         "official (LPIPS v0.1) or --lpips-weights PATH (an LPIPS-format file), or --train")
+    check_training_args(args)
     valid = [s for split in args.splits for s in SUBSPLITS[BAPPS_SETS[split][1]]]
     unknown = [s for s in args.subsplits or () if s not in valid]
     if unknown:
@@ -662,8 +664,12 @@ def main(argv=None):
     device = pick_device(args.device)
     try:
         sets = bapps_sets(args.data_root, args.splits, args.subsplits, not args.no_download, args.limit)
+        train_data = training_set(args) if args.train else None
         for net in args.net:
-            evaluate_net(net, args, sets, device, version=weights_version(args.lpips_weights))
+            if args.train:
+                train_net(net, args, sets, train_data, device)
+            else:
+                evaluate_net(net, args, sets, device, version=weights_version(args.lpips_weights))
     except (DatasetError, WeightsUnavailableError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -671,7 +677,8 @@ def main(argv=None):
         print(f"interrupted: finished sets are saved in {results_path(args.out)}; "
               f"rerun the same command to compute the rest", file=sys.stderr)
         return 130
-    report(args.out)
+    if is_global_zero():
+        report(args.out)
     return 0
 
 
@@ -682,7 +689,7 @@ def main(argv=None):
 TRAINED_VARIANTS = ("lin", "tune", "scratch")
 # resuming means checkpointing into a folder that holds the checkpoint: expected, not worth a warning
 warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
-LIN_INITS = ("default", "abs", "ones")
+INITS = ("lpips", "abs", "ones")
 
 
 class RankingHead(nn.Module):
@@ -711,12 +718,12 @@ class RankingHead(nn.Module):
 def init_linear_layers(metric, scheme):
     """Initialise the linear weights.
 
-    `default`: PyTorch's conv init, as LPIPS (about half the weights start negative, so the
+    `lpips`: PyTorch's conv init, as LPIPS (about half the weights start negative, so the
     first clamp sets them to 0); `abs`: the same weights made non-negative; `ones`: every
     weight 1, so training starts from the uncalibrated metric.
     """
-    if scheme not in LIN_INITS:
-        raise ValueError(f"unknown linear-layer init {scheme!r}; expected one of {', '.join(LIN_INITS)}")
+    if scheme not in INITS:
+        raise ValueError(f"unknown linear-layer init {scheme!r}; expected one of {', '.join(INITS)}")
     with torch.no_grad():
         for layers in metric.lins.values():
             for layer in layers:
@@ -745,7 +752,7 @@ class LPIPSTraining(pl.LightningModule):
     """
 
     def __init__(self, net="alex", method="spatial", channel_norm=True, variant="lin", normalize="imagenet",
-                 lr=1e-4, beta1=0.5, epochs=10, lin_init="default", weights=None, layers=None):
+                 lr=1e-4, beta1=0.5, epochs=10, init="lpips", weights=None, layers=None):
         super().__init__()
         if variant not in TRAINED_VARIANTS:
             raise ValueError(f"variant {variant!r} cannot be trained; expected one of {', '.join(TRAINED_VARIANTS)}")
@@ -756,7 +763,7 @@ class LPIPSTraining(pl.LightningModule):
         self.metric = DistanceMetric(net, method, channel_norm, lin=True, normalize=normalize,
                                      pretrained=variant != "scratch", weights=weights, layers=layers)
         self.metric.net.requires_grad_(variant != "lin")
-        init_linear_layers(self.metric, lin_init)
+        init_linear_layers(self.metric, init)
         self.head = RankingHead()
 
     def distances(self, batch):
@@ -794,9 +801,10 @@ class LPIPSTraining(pl.LightningModule):
         self.eval()
 
 
-def experiment_name(net, variant, method, channel_norm, normalize):
-    """Folder name of one trained configuration under OUT, e.g. `alex_lin_spatial_cn_imagenet`."""
-    return f"{net}_{variant}_{method}_{'cn' if channel_norm else 'nocn'}_{normalize}"
+def version_dir(out, version, net, variant, method, channel_norm, normalize):
+    """Folder of one trained version, e.g. `OUT/alex_lin_spatial_cn_imagenet/version_0`."""
+    name = f"{net}_{variant}_{method}_{'cn' if channel_norm else 'nocn'}_{normalize}"
+    return os.path.join(out, name, f"version_{version}")
 
 
 def save_lpips_weights(metric, path):
@@ -827,25 +835,26 @@ def wandb_has_credentials():
     return bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False, verify=False)
 
 
-def make_logger(kind, out, name, version):
-    """A Lightning logger writing under OUT/<name>/version_<k>; wandb falls back to offline mode."""
+def make_logger(kind, folder):
+    """A Lightning logger writing into a version's folder; wandb falls back to offline mode."""
     if kind is None:
         return False
+    root, name = os.path.split(os.path.dirname(folder))
+    version = os.path.basename(folder)
     if kind == "csv":
-        return pl.loggers.CSVLogger(out, name=name, version=version)
+        return pl.loggers.CSVLogger(root, name=name, version=version)
     if kind == "tensorboard":
-        return pl.loggers.TensorBoardLogger(out, name=name, version=version, default_hp_metric=False)
+        return pl.loggers.TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)
     if kind != "wandb":
         raise ValueError(f"unknown logger {kind!r}; expected wandb, csv or tensorboard")
     import wandb
     if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"
     offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun")
-    save_dir = os.path.join(out, name, f"version_{version}")
-    os.makedirs(save_dir, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     # explicit settings: wandb read the environment once, at the credentials check
     settings = wandb.Settings(mode="offline", silent=True) if offline else None
-    return pl.loggers.WandbLogger(project="perceptual-metric", name=f"{name}_v{version}", save_dir=save_dir,
+    return pl.loggers.WandbLogger(project="perceptual-metric", name=f"{name}_{version}", save_dir=folder,
                                   offline=offline, settings=settings)
 
 
@@ -857,15 +866,26 @@ def finish_wandb(logger):
         print(f"wandb: no API key, logged offline to {run_dir}; upload with: wandb sync {run_dir}")
 
 
-def make_trainer(version_dir, epochs, logger, callbacks=(), progress=True, **scale):
-    """A Lightning Trainer checkpointing every epoch to `version_dir/last.ckpt`.
+def make_trainer(folder, epochs, logger, callbacks=(), progress=True, **scale):
+    """A Lightning Trainer checkpointing every epoch to `folder/last.ckpt`.
 
     `scale` passes `accelerator`, `devices`, `num_nodes`, `strategy` and `precision` through.
     """
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=version_dir, filename="last", enable_version_counter=False)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
     return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=[*callbacks, checkpoint],
-                      default_root_dir=version_dir, enable_progress_bar=progress, enable_model_summary=progress,
+                      default_root_dir=folder, enable_progress_bar=progress, enable_model_summary=progress,
                       log_every_n_steps=1, **{k: v for k, v in scale.items() if v is not None})
+
+
+def reuse_version(module, last, lin_path):
+    """A finished version: its checkpoint, or for `lin` (frozen backbone) its lin.pth alone."""
+    if os.path.isfile(last):
+        return LPIPSTraining.load_from_checkpoint(last, map_location="cpu").eval()
+    if module.hparams.variant != "lin":
+        raise FileNotFoundError(f"{last} is missing: it held the trained backbone of {os.path.dirname(last)}; "
+                                f"delete that folder to train anew")
+    module.metric.load_lpips_weights(lin_path)
+    return module.eval()
 
 
 def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, logger="csv", callbacks=(),
@@ -880,25 +900,118 @@ def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, lo
     pl.seed_everything(seed + version, verbose=False)
     module = LPIPSTraining(**hparams)
     hparams = dict(module.hparams)
-    name = experiment_name(hparams["net"], hparams["variant"], hparams["method"], hparams["channel_norm"],
-                           hparams["normalize"])
-    version_dir = os.path.join(out, name, f"version_{version}")
-    last, lin_path = os.path.join(version_dir, "last.ckpt"), os.path.join(version_dir, "lin.pth")
+    folder = version_dir(out, version, *(hparams[k] for k in ("net", "variant", "method", "channel_norm",
+                                                               "normalize")))
+    last, lin_path = os.path.join(folder, "last.ckpt"), os.path.join(folder, "lin.pth")
     if os.path.isfile(last):
         check_same_training(last, hparams)
     if os.path.isfile(lin_path):
-        print(f"{version_dir} is trained already: reusing it")
-        return LPIPSTraining.load_from_checkpoint(last, map_location="cpu").eval()
+        print(f"{folder} is trained already: reusing it")
+        return reuse_version(module, last, lin_path)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                          persistent_workers=num_workers > 0)
-    run_logger = make_logger(logger, out, name, version)
-    trainer = make_trainer(version_dir, hparams["epochs"], run_logger, callbacks, progress, **(scale or {}))
+    run_logger = make_logger(logger, folder)
+    trainer = make_trainer(folder, hparams["epochs"], run_logger, callbacks, progress, **(scale or {}))
     trainer.fit(module, loader, ckpt_path=last if os.path.isfile(last) else None)
     if trainer.is_global_zero:
         save_lpips_weights(module.metric, lin_path)
         if isinstance(run_logger, pl.loggers.WandbLogger):
             finish_wandb(run_logger)
     return module.eval()
+
+
+
+def add_training_flags(parser):
+    """The --train flags: the LPIPS recipe by default, Lightning's scaling options passed through."""
+    group = parser.add_argument_group(
+        "training", "--train learns --variant lin (linear weights on the frozen backbone), tune (also the "
+        "pretrained backbone) or scratch (also a randomly initialised backbone) on BAPPS train with the LPIPS "
+        "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
+        "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>_<variant>_<method>_<cn|nocn>_"
+        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused.")
+    group.add_argument("--train", action="store_true", help="train, then evaluate")
+    group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
+                       metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")
+    group.add_argument("--epochs", type=int, default=10,
+                       help="epochs in all: the first half at --lr, the second decaying linearly to 0 "
+                            "(default: %(default)s)")
+    group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
+    group.add_argument("--repetitions", type=int, default=1, metavar="K",
+                       help="train K independent versions, version_0..K-1 with seeds --seed + k; the table shows "
+                            "their mean ± standard deviation (default: %(default)s)")
+    group.add_argument("--init", choices=INITS, default="lpips",
+                       help="initialisation: lpips (the recipe) or " + ", ".join(INITS[1:]) +
+                            " (see README: fewer collapsed trainings on small data) (default: %(default)s)")
+    group.add_argument("--logger", choices=("wandb", "csv", "tensorboard"), default="wandb",
+                       help="training logs under OUT; wandb without an API key logs offline "
+                            "(default: %(default)s)")
+    group.add_argument("--devices", help="Lightning Trainer devices: a number, a list such as 0,1, or auto "
+                                         "(default: as --device)")
+    group.add_argument("--num-nodes", type=int, default=1, help="Lightning Trainer num_nodes (default: 1)")
+    group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
+    group.add_argument("--precision", help="Lightning precision, e.g. 16-mixed, bf16-mixed (default: 32-true)")
+
+
+def check_training_args(args):
+    """Raise ValueError, saying the fix, for training flags that cannot run together."""
+    if not args.train:
+        return
+    if args.variant not in TRAINED_VARIANTS:
+        raise ValueError(f"--train learns linear weights: use --variant {', '.join(TRAINED_VARIANTS)}")
+    if args.lpips_weights:
+        raise ValueError("--train learns the linear weights: drop --lpips-weights")
+    for flag, value in (("--epochs", args.epochs), ("--repetitions", args.repetitions),
+                        ("--num-nodes", args.num_nodes)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+
+
+def training_set(args):
+    """The BAPPS train subsplits of --train-subsplits (first --limit of each) as one dataset."""
+    parts = []
+    for subsplit in args.train_subsplits:
+        data = dataset_collector("BAPPS", "train", subsplit, root=args.data_root, download=not args.no_download)
+        parts.append(Subset(data, range(min(args.limit, len(data)))) if args.limit else data)
+    return torch.utils.data.ConcatDataset(parts)
+
+
+def trainer_scale(args):
+    """Trainer device options from --device, --devices, --num-nodes, --strategy, --precision."""
+    device = pick_device(args.device) if args.device != "auto" else None
+    accelerator = "auto" if device is None else {"cuda": "gpu"}.get(device.type, device.type)
+    devices = args.devices or ([device.index] if device is not None and device.index is not None else "auto")
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": args.num_nodes,
+            "strategy": args.strategy, "precision": args.precision}
+
+
+def is_global_zero():
+    """Whether this process is the first of a (multi-process) training, or the only one."""
+    return pl.utilities.rank_zero_only.rank == 0
+
+
+def train_net(net, args, sets, train_data, device):
+    """Train --repetitions versions of each configuration of `net`, evaluating each into results.csv.
+
+    Finished versions are reused; a version trained now replaces any rows of the same key.
+    With several processes (DDP) only the first evaluates; the others wait for it.
+    """
+    for method, norm in requested_configs(args.method, args.channel_norm):
+        config_args = argparse.Namespace(**{**vars(args), "method": [method], "channel_norm": "on" if norm else "off"})
+        for version in range(args.repetitions):
+            folder = version_dir(args.out, version, net, args.variant, method, norm, args.normalize)
+            fresh = not os.path.isfile(os.path.join(folder, "lin.pth"))
+            module = train_version(train_data, args.out, version, seed=args.seed, batch_size=args.batch_size,
+                                   num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
+                                   net=net, method=method, channel_norm=norm, variant=args.variant,
+                                   normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init)
+            if is_global_zero():
+                config_args.overwrite = args.overwrite or fresh
+                evaluate_net(net, config_args, sets, device, version,
+                             build=lambda configs, metric=module.metric: dict.fromkeys(configs, metric))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How often LPIPS training collapses on small data, over seeds (run by hand, not by pytest).
 
-    python tests/collapse_study.py --seeds 20 --lin-init default
+    python tests/collapse_study.py --seeds 20 --init lpips
 
 Trains the recovery test's setting (alex with random weights, synthetic triplets judged by
 a hidden metric) once per seed and prints, per seed, the held-out agreement and the share
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from conftest import FILES  # noqa: E402
-from experiment import LIN_INITS, DistanceMetric, train_version  # noqa: E402
+from experiment import INITS, DistanceMetric, train_version  # noqa: E402
 from synthetic_2afc import RECOVERY, Triplets, agreement, hidden_metric, judged_triplets  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def random_torch_home(folder):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--lin-init", choices=LIN_INITS, default="default")
+    parser.add_argument("--init", choices=INITS, default="lpips")
     parser.add_argument("--lr", type=float, default=RECOVERY["lr"])
     parser.add_argument("--epochs", type=int, default=RECOVERY["epochs"])
     args = parser.parse_args()
@@ -51,14 +51,14 @@ def main():
         for seed in range(args.seeds):
             module = train_version(Triplets(train), os.path.join(tmp, f"seed{seed}"), seed=seed, logger=None,
                                    progress=False, batch_size=RECOVERY["batch_size"], lr=args.lr,
-                                   epochs=args.epochs, lin_init=args.lin_init)
+                                   epochs=args.epochs, init=args.init)
             weights = torch.cat([p.detach().flatten() for p in module.metric.lins.parameters()])
             zero = (weights == 0).float().mean().item()
             score = agreement(module.metric, held_out)
             collapsed += score < baseline
             print(f"seed {seed:2d}: held-out agreement {score:.3f}, zero weights {zero:.2f}"
                   f"{'  COLLAPSED' if score < baseline else ''}", flush=True)
-        print(f"collapsed {collapsed}/{args.seeds} (lin_init={args.lin_init}, lr={args.lr}, epochs={args.epochs})")
+        print(f"collapsed {collapsed}/{args.seeds} (init={args.init}, lr={args.lr}, epochs={args.epochs})")
 
 
 if __name__ == "__main__":

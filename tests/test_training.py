@@ -11,8 +11,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from experiment import ALL_CONFIGS, PARTS, DistanceMetric, LPIPSTraining, RankingHead, train_version
+import experiment
+from bapps_fake import make_bapps
+from experiment import ALL_CONFIGS, PARTS, DistanceMetric, LPIPSTraining, RankingHead, main, score_2afc, train_version
 from synthetic_2afc import RECOVERY, Triplets, agreement, hidden_metric, judged_triplets
+from test_evaluation import read_csv, read_set, values
 from test_metric import assert_close, lpips_reference
 
 QUIET = {"logger": None, "progress": False}
@@ -195,3 +198,69 @@ def test_wandb_without_account_runs_offline(tiny, tmp_path, monkeypatch, capsys)
     assert len(lines) == 1
     run_dir = lines[0].split("wandb sync ")[1].strip()
     assert run_dir.startswith(str(out)) and glob.glob(os.path.join(run_dir, "*.wandb"))
+
+
+@pytest.fixture(scope="module")
+def bapps(tmp_path_factory):
+    """A tiny BAPPS tree: 6 triplets per train and val subsplit, 4 pairs per JND subsplit, 64x64 (load size)."""
+    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=6, n_jnd=4))
+
+
+def train_cli(bapps, out, *extra):
+    return main(["--train", "--variant", "lin", "--data-root", bapps, "--no-download", "--out", str(out),
+                 "--num-workers", "0", "--batch-size", "6", "--epochs", "2", "--lr", "0.01", "--logger", "csv",
+                 *extra])
+
+
+def test_train_cli_evaluates_every_version_and_tabulates_mean_and_spread(torch_home, bapps, tmp_path, capsys):
+    assert train_cli(bapps, tmp_path, "--repetitions", "2", "--splits", "val") == 0
+    rows = read_csv(tmp_path)
+    assert {(r["variant"], r["version"]) for r in rows} == {("lin", "0"), ("lin", "1")}
+    assert len(rows) == 2 * 6 * 2  # versions x val subsplits x (score, accuracy)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| alex | lin |"))
+    assert "| alex | lin | spatial | true | imagenet | 2 |" in line and "±" in line
+    for version in (0, 1):
+        path = tmp_path / "alex_lin_spatial_cn_imagenet" / f"version_{version}" / "lin.pth"
+        metric = DistanceMetric("alex", lin=True, lpips_weights=str(path))
+        for subsplit in ("traditional", "color"):
+            images, judge = read_set(bapps, "2afc", subsplit, ("ref", "p0", "p1"), "judge")
+            with torch.no_grad():
+                expected = score_2afc(metric(images["ref"], images["p0"]), metric(images["ref"], images["p1"]), judge)
+            got = values(rows, version=str(version))
+            assert got["spatial", True, "2afc", subsplit, "score"] == pytest.approx(expected[0], abs=1e-12)
+
+    capsys.readouterr()
+    assert train_cli(bapps, tmp_path, "--repetitions", "2", "--splits", "val") == 0
+    assert capsys.readouterr().out.count("trained already") == 2
+    assert read_csv(tmp_path) == rows
+
+
+def test_train_cli_with_two_methods_and_both_norms_trains_each(torch_home, bapps, tmp_path):
+    extra = ("--method", "mean", "spatial+sort", "--channel-norm", "both", "--splits", "jnd", "--epochs", "1",
+             "--train-subsplits", "cnn", "--limit", "4")
+    assert train_cli(bapps, tmp_path, *extra) == 0
+    folders = sorted(p.parent.parent.name for p in tmp_path.glob("*/version_0/lin.pth"))
+    assert folders == ["alex_lin_mean_cn_imagenet", "alex_lin_mean_nocn_imagenet",
+                       "alex_lin_spatial+sort_cn_imagenet", "alex_lin_spatial+sort_nocn_imagenet"]
+    assert {(r["method"], r["channel_norm"], r["n"]) for r in read_csv(tmp_path)} == {
+        (m, n, "4") for m in ("mean", "spatial+sort") for n in ("true", "false")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train"], "--variant lin, tune, scratch"),
+    (["--train", "--variant", "lin", "--lpips-weights", "official"], "drop --lpips-weights"),
+    (["--train", "--variant", "tune", "--epochs", "0"], "--epochs must be at least 1"),
+    (["--variant", "lin"], "or --train"),
+])
+def test_impossible_training_flags_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_documents_the_training_flags():
+    shown = experiment.build_parser().format_help()
+    for flag in ("--train", "--train-subsplits", "--epochs", "--lr", "--repetitions", "--init", "--logger",
+                 "--devices", "--num-nodes", "--strategy", "--precision"):
+        assert flag in shown
