@@ -13,6 +13,25 @@ image for all configurations, into `OUT/results.csv` and the table `OUT/results.
 
     python experiment.py --net alex squeeze vgg --method all --channel-norm both
     python experiment.py --net alex --variant lin --normalize lpips --lpips-weights official
+
+`--train` trains LPIPS calibrations (`LPIPSTraining`, the recipe of the LPIPS paper) on
+BAPPS train, then evaluates each trained version the same way:
+
+    python experiment.py --net alex --variant lin --train --repetitions 3
+    python experiment.py --net vgg --variant tune --train --devices 4 --strategy ddp
+
+Each version lives in `OUT/<net>_<variant>_<method>_<cn|nocn>_<normalize>/version_K/`:
+Lightning's `last.ckpt` (the whole module, trained backbone included) and `lin.pth`, the
+linear weights in the LPIPS file format. To reuse a trained metric:
+
+    DistanceMetric(net, method, channel_norm, lin=True, normalize=..., lpips_weights=".../lin.pth")  # lin
+    LPIPSTraining.load_from_checkpoint(".../last.ckpt").metric    # any variant; images in [0, 1]
+    lpips.LPIPS(net=net, model_path=".../lin.pth")(2 * x0 - 1, 2 * x1 - 1)  # see below
+
+`lpips.LPIPS` gives the same distances only for `lin` trained with the spatial method,
+channel norm on and `--normalize lpips` (its own input scaling), on the ImageNet backbone.
+It loads lin.pth non-strictly: for a sum (`spatial+sort`, `spatial+mean`) it reads only
+the spatial part (`lin{k}`) and ignores the second part's `{part}_lin{k}` weights.
 """
 import argparse
 import csv

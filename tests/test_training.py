@@ -5,6 +5,9 @@ by a hidden metric on the same backbone (tests/synthetic_2afc.py).
 """
 import glob
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import lpips
 import pytest
@@ -18,6 +21,7 @@ from synthetic_2afc import RECOVERY, Triplets, agreement, hidden_metric, judged_
 from test_evaluation import read_csv, read_set, values
 from test_metric import assert_close, lpips_reference
 
+ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"logger": None, "progress": False}
 
 
@@ -264,3 +268,18 @@ def test_help_documents_the_training_flags():
     for flag in ("--train", "--train-subsplits", "--epochs", "--lr", "--repetitions", "--init", "--logger",
                  "--devices", "--num-nodes", "--strategy", "--precision"):
         assert flag in shown
+
+
+def test_ddp_on_two_cpu_processes_evaluates_and_reports_once(weights_home, bapps, tmp_path):
+    """Lightning's DDP relaunches the command per process: only the first may write results."""
+    env = {**os.environ, "TORCH_HOME": weights_home["home"], "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "experiment.py", "--train", "--variant", "lin", "--data-root", bapps,
+                           "--no-download", "--out", str(tmp_path), "--device", "cpu", "--devices", "2",
+                           "--strategy", "ddp", "--logger", "csv", "--epochs", "1", "--lr", "0.01",
+                           "--batch-size", "6", "--num-workers", "0", "--splits", "jnd"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("| alex | lin | spatial | true | imagenet | 1 |") == 1
+    rows = read_csv(tmp_path)
+    assert sorted((r["subsplit"], r["version"]) for r in rows) == [("cnn", "0"), ("traditional", "0")]
+    assert (tmp_path / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()
