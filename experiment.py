@@ -116,29 +116,27 @@ def channel_normalize(f, eps=1e-10):
 
 
 def layer_distance(a0, a1, lin=None):
-    """Mean over positions of the (learned, if `lin`) sum over channels of (a0 - a1)**2; shape (N,).
-
-    The channel sum and the 1x1 conv are linear, so they commute with the mean over
-    positions: taking the per-channel means first gives the same value with less work.
-    """
-    channel_means = (a0 - a1).square().mean((2, 3))
-    return channel_means.sum(1) if lin is None else lin(channel_means)
+    """Mean over positions of the (learned, if `lin`) sum over channels of (a0 - a1)**2; shape (N,)."""
+    diff = (a0 - a1).square()
+    return diff.mean((2, 3)).sum(1) if lin is None else lin(diff)
 
 
 class LinearLayer(nn.Module):
     """LPIPS's NetLinLayer: dropout, then a bias-free 1x1 conv to one channel (kept >= 0).
 
-    The conv is applied to per-channel means of squared differences (N, C), see
-    `layer_distance`; its module layout keeps LPIPS's file keys (`model.1.weight`).
+    `forward` takes squared differences (N, C, H, W) and returns the mean over positions
+    of the conv's output, (N,). The conv is linear, so it commutes with that mean: it is
+    applied to the per-channel means, the same value for far less work. Dropout still
+    acts on single elements, as in LPIPS (and is the identity in eval mode).
     """
 
     def __init__(self, channels):
         super().__init__()
         self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
 
-    def forward(self, channel_means):
+    def forward(self, diff):
         dropout, conv = self.model
-        return nn.functional.linear(dropout(channel_means), conv.weight.flatten(1)).flatten()
+        return F.linear(dropout(diff).mean((2, 3)), conv.weight.flatten(1)).flatten()
 
 
 def official_lpips_path(net):
