@@ -945,7 +945,9 @@ def add_training_flags(parser):
         "pretrained backbone) or scratch (also a randomly initialised backbone) on BAPPS train with the LPIPS "
         "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
         "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>_<variant>_<method>_<cn|nocn>_"
-        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused.")
+        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused. "
+        "results.csv rows of a version trained now replace rows of the same key (such as --lpips-weights "
+        "official, also variant lin version 0): evaluate those into another --out.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
                        metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")
