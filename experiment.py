@@ -747,7 +747,7 @@ def main(argv=None):
 TRAINED_VARIANTS = ("lin", "tune", "scratch")
 # resuming means checkpointing into a folder that holds the checkpoint: expected, not worth a warning
 warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
-INITS = ("lpips", "abs", "ones")
+INITS = ("lpips", "stable")
 
 
 class RankingHead(nn.Module):
@@ -771,25 +771,6 @@ class RankingHead(nn.Module):
         d0, d1 = d0.reshape(-1, 1, 1, 1), d1.reshape(-1, 1, 1, 1)
         x = torch.cat((d0, d1, d0 - d1, d0 / (d1 + self.eps), d1 / (d0 + self.eps)), dim=1)
         return self.model(x).flatten()
-
-
-def init_linear_layers(metric, scheme):
-    """Initialise the linear weights.
-
-    `lpips`: PyTorch's conv init, as LPIPS (about half the weights start negative, so the
-    first clamp sets them to 0); `abs`: the same weights made non-negative; `ones`: every
-    weight 1, so training starts from the uncalibrated metric.
-    """
-    if scheme not in INITS:
-        raise ValueError(f"unknown linear-layer init {scheme!r}; expected one of {', '.join(INITS)}")
-    with torch.no_grad():
-        for layers in metric.lins.values():
-            for layer in layers:
-                weight = layer.model[1].weight
-                if scheme == "abs":
-                    weight.abs_()
-                elif scheme == "ones":
-                    weight.fill_(1.0)
 
 
 def lr_factor(step, total_steps, decay_steps):
@@ -821,8 +802,25 @@ class LPIPSTraining(pl.LightningModule):
         self.metric = DistanceMetric(net, method, channel_norm, lin=True, normalize=normalize,
                                      pretrained=variant != "scratch", weights=weights, layers=layers)
         self.metric.net.requires_grad_(variant != "lin")
-        init_linear_layers(self.metric, init)
         self.head = RankingHead()
+        self.initialise(init)
+
+    def initialise(self, scheme):
+        """`lpips`: PyTorch's default init, as LPIPS (the first clamp zeroes the linear weights
+        that start negative, about half). `stable`: those weights made non-negative, and
+        the head's output layer zero, so the head first learns from the judgements which way
+        the distances should move instead of pushing them along its random initial slope; on
+        small data that push can drive the linear weights to the clamp, where training stalls.
+        """
+        if scheme not in INITS:
+            raise ValueError(f"unknown init {scheme!r}; expected one of {', '.join(INITS)}")
+        if scheme == "stable":
+            with torch.no_grad():
+                for layers in self.metric.lins.values():
+                    for layer in layers:
+                        layer.model[1].weight.abs_()
+                nn.init.zeros_(self.head.model[-1].weight)
+                nn.init.zeros_(self.head.model[-1].bias)
 
     def distances(self, batch):
         """(d0, d1): distances of p0 and p1 to ref, one backbone pass per image."""
@@ -853,7 +851,7 @@ class LPIPSTraining(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_start(self):
-        self.train()
+        self.train()  # Lightning leaves modes alone; the frozen backbone has no dropout or batch norm
 
     def on_fit_end(self):
         self.eval()
@@ -986,7 +984,9 @@ def add_training_flags(parser):
         "pretrained backbone) or scratch (also a randomly initialised backbone) on BAPPS train with the LPIPS "
         "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
         "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>_<variant>_<method>_<cn|nocn>_"
-        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused.")
+        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused. "
+        "results.csv rows of a version trained now replace rows of the same key (such as --lpips-weights "
+        "official, also variant lin version 0): evaluate those into another --out.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
                        metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")
@@ -998,8 +998,10 @@ def add_training_flags(parser):
                        help="train K independent versions, version_0..K-1 with seeds --seed + k; the table shows "
                             "their mean ± standard deviation (default: %(default)s)")
     group.add_argument("--init", choices=INITS, default="lpips",
-                       help="initialisation: lpips (the recipe) or " + ", ".join(INITS[1:]) +
-                            " (see README: fewer collapsed trainings on small data) (default: %(default)s)")
+                       help="lpips: the recipe's initialisation; stable: non-negative linear weights and a zero "
+                            "output layer in the ranking head, which avoids trainings that stall with the linear "
+                            "weights at the clamp on small data (see LPIPSTraining.initialise) "
+                            "(default: %(default)s)")
     group.add_argument("--logger", choices=("wandb", "csv", "tensorboard"), default="wandb",
                        help="training logs under OUT; wandb without an API key logs offline "
                             "(default: %(default)s)")

@@ -1,6 +1,7 @@
 """How often LPIPS training collapses on small data, over seeds (run by hand, not by pytest).
 
-    python tests/collapse_study.py --seeds 20 --init lpips
+    python tests/collapse_study.py --seeds 40 --init lpips
+    python tests/collapse_study.py --seeds 40 --init stable
 
 Trains the recovery test's setting (alex with random weights, synthetic triplets judged by
 a hidden metric) once per seed and prints, per seed, the held-out agreement and the share
