@@ -96,8 +96,7 @@ def bench_net(net, args, device):
     singles = [DistanceMetric(net, method=m, channel_norm=n, pretrained=pretrained).to(device)
                for m, n in ALL_CONFIGS]
     package = lpips_package(net, official, device)
-    mean, std = baseline.shift, baseline.scale
-    normalised = [(x - mean) / std for x in (ref, p0, p1)]
+    normalised = [torch.addcmul(baseline.offset, x, baseline.gain) for x in (ref, p0, p1)]
     contenders = {
         "floor": lambda: [trunk(x) for x in normalised],
         "ours-1": lambda: triplet_distances(official, official.configs(), ref, p0, p1),

@@ -117,7 +117,7 @@ def channel_normalize(f, eps=1e-10):
 
 def layer_distance(a0, a1, lin=None):
     """Mean over positions of the (learned, if `lin`) sum over channels of (a0 - a1)**2; shape (N,)."""
-    diff = (a0 - a1).square()
+    diff = F.mse_loss(a0, a1, reduction="none")  # (a0 - a1)**2 in one pass
     return diff.mean((2, 3)).sum(1) if lin is None else lin(diff)
 
 
@@ -167,9 +167,7 @@ class DistanceMetric(nn.Module):
             raise ValueError("lpips_weights are linear-layer weights: pass lin=True with them")
         self.method, self.channel_norm, self.lin, self.normalize = method, bool(channel_norm), lin, normalize
         self.net = FeatureExtractor(net, layers=layers, pretrained=pretrained, weights=weights)
-        mean, std = NORMALIZATIONS[normalize]
-        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._register_input_affine(normalize)
         self.lins = nn.ModuleDict()
         if lin:
             channels = self._channels()
@@ -179,6 +177,13 @@ class DistanceMetric(nn.Module):
                 self.load_lpips_weights(official_lpips_path(self.net.net) if lpips_weights == "official"
                                         else lpips_weights)
         self.eval()
+
+    def _register_input_affine(self, normalize):
+        # x -> (x - mean) / std (after x -> 2x - 1 for "lpips") as one fused x * gain + offset
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in NORMALIZATIONS[normalize])
+        factor, start = (2.0, -1.0) if normalize == "lpips" else (1.0, 0.0)
+        self.register_buffer("gain", (factor / std).float(), persistent=False)
+        self.register_buffer("offset", ((start - mean) / std).float(), persistent=False)
 
     def _channels(self):
         with torch.no_grad():
@@ -215,9 +220,7 @@ class DistanceMetric(nn.Module):
     def features(self, x):
         """Backbone activations of images `x` in [0, 1] (normalised here)."""
         check_images(x, "images")
-        if self.normalize == "lpips":
-            x = 2 * x - 1
-        return self.net((x - self.shift) / self.scale)
+        return self.net(torch.addcmul(self.offset, x, self.gain))
 
     def configs(self, method=None, channel_norm=None):
         """[(method, channel_norm)], defaulting to the metric's own configuration."""
