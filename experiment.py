@@ -868,9 +868,9 @@ def version_dir(out, version, net, variant, method, channel_norm, normalize):
 
 def save_lpips_weights(metric, path):
     """Write the linear weights in the LPIPS file format, atomically."""
-    tmp = f"{path}.tmp"
-    torch.save(metric.lpips_state_dict(), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(metric.lpips_state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def checkpoint_hparams(path):
