@@ -1,0 +1,70 @@
+"""The metric, evaluation and training on a CUDA device (skipped where there is none).
+
+CUDA convolutions may use TF32 and other algorithms than the CPU, so results are compared
+with the same computation on the CPU within 1e-3 relative, and with the lpips package on
+the same device within 1e-5.
+"""
+import pytest
+import torch
+
+from experiment import ALL_CONFIGS, DistanceMetric, main
+from test_evaluation import bapps, read_csv, run  # noqa: F401  (bapps: the fixture, used by name)
+from test_metric import assert_close, images, lpips_reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+NETS = ("alex", "squeeze", "vgg")
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_official_lpips_on_cuda_equals_the_package_and_the_cpu(torch_home, net):
+    x0, x1 = images(0, n=4, size=64), images(1, n=4, size=64)
+    metric = DistanceMetric(net, lin=True, normalize="lpips", lpips_weights="official")
+    on_cpu = metric(x0, x1)
+    metric.cuda()
+    ours = metric(x0.cuda(), x1.cuda())
+    reference = lpips_reference(net, torch_home[net]).cuda()
+    with torch.no_grad():
+        theirs = reference(2 * x0.cuda() - 1, 2 * x1.cuda() - 1).flatten()
+    assert ours.device.type == "cuda" and ours.dtype == torch.float32
+    assert_close(ours.cpu(), theirs.cpu(), rtol=1e-5)
+    assert_close(ours.cpu(), on_cpu, rtol=1e-3)
+
+
+def test_all_methods_on_cuda_equal_the_cpu(torch_home):
+    x0, x1 = images(2, n=3, size=64), images(3, n=3, size=64)
+    metric = DistanceMetric("alex")
+    on_cpu = metric.all_methods(x0, x1)
+    on_cuda = metric.cuda().all_methods(x0.cuda(), x1.cuda())
+    for config in ALL_CONFIGS:
+        assert_close(on_cuda[config].cpu(), on_cpu[config], rtol=1e-3)
+
+
+def test_gradients_and_autocast_on_cuda(torch_home):
+    metric = DistanceMetric("vgg", method="spatial+sort").cuda()
+    x = images(4, n=2, size=64).cuda().requires_grad_()
+    metric(x, images(5, n=2, size=64).cuda()).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with torch.autocast("cuda", dtype=torch.float16):
+        d = DistanceMetric("alex", lin=True, lpips_weights="official").cuda()(x.detach(), x.detach().flip(0))
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()
+
+
+def test_evaluation_on_cuda_equals_the_cpu(torch_home, bapps, tmp_path):
+    flags = ["--method", "all", "--channel-norm", "both", "--splits", "jnd", "--limit", "6"]
+    assert run([*flags, "--device", "cpu"], bapps, tmp_path / "cpu") == 0
+    assert run([*flags, "--device", "cuda"], bapps, tmp_path / "cuda") == 0
+    cpu, cuda = read_csv(tmp_path / "cpu"), read_csv(tmp_path / "cuda")
+    assert [r["method"] for r in cpu] == [r["method"] for r in cuda] and len(cpu) == 20
+    for a, b in zip(cpu, cuda):
+        # distances differ by ~1e-4 between devices, far less than between examples: same ranks, same scores
+        assert float(b["value"]) == pytest.approx(float(a["value"]), abs=1e-9)
+
+
+def test_training_on_one_gpu(torch_home, tmp_path):
+    from bapps_fake import make_bapps
+    data = make_bapps(tmp_path / "bapps", n_2afc=6, n_jnd=4, splits=("train", "jnd"))
+    assert main(["--train", "--variant", "lin", "--data-root", str(data), "--no-download", "--out",
+                 str(tmp_path / "out"), "--device", "cuda", "--precision", "16-mixed", "--epochs", "2",
+                 "--batch-size", "6", "--num-workers", "0", "--logger", "csv", "--splits", "jnd"]) == 0
+    assert (tmp_path / "out" / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()
+    assert len(read_csv(tmp_path / "out")) == 2
