@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dataset_collector import SUBSPLITS, DatasetError, dataset_collector
+from dataset_collector import SUBSPLITS, DatasetError, dataset_collector, retry_settings
 from loss_networks import NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net, load_state_dict_file
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
@@ -683,6 +683,8 @@ def check_args(args):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
     pick_device(args.device)
+    if not args.no_download:
+        retry_settings()
 
 
 def pick_device(name="auto"):
