@@ -293,6 +293,8 @@ def test_interrupted_run_keeps_finished_sets_and_resumes(torch_home, bapps, tmp_
     (["--splits", "jnd", "--subsplits", "superres"], "valid: traditional cnn"),
     (["--net", "resnet"], "unknown network 'resnet'"),
     (["--limit", "0"], "--limit must be at least 1"),
+    (["--device", "mps"], "--device mps: MPS (Apple GPU) is not available here; use auto, cpu, cuda or cuda:N"),
+    (["--device", "xla"], "--device xla: xla devices are not supported"),
 ])
 def test_impossible_flags_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -306,6 +308,22 @@ def test_weights_that_do_not_fit_the_method_fail_before_any_result(torch_home, b
     assert run(args, bapps, tmp_path) == 1
     assert "sort_lin0.model.1.weight" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_damaged_weights_files_are_one_line_errors(torch_home, bapps, tmp_path, monkeypatch, capsys):
+    linear = tmp_path / "lin.pth"
+    linear.write_bytes(b"")
+    assert run(["--variant", "lin", "--lpips-weights", str(linear)], bapps, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read weights file {linear} (EOFError)") and err.count("\n") == 1
+    backbone = tmp_path / "home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    backbone.parent.mkdir(parents=True)
+    backbone.write_bytes(open(torch_home["alex"], "rb").read()[:1000])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    assert run(["--splits", "jnd"], bapps, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert str(backbone) in err and "delete it and download it again" in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "results.csv").exists()
 
 
 def test_missing_dataset_without_download_names_the_fix(tmp_path, capsys):
