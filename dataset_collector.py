@@ -187,8 +187,9 @@ def download(url, dest, retries=None, retry_delay=None):
     if not head.startswith(GZIP_MAGIC):
         part.unlink()
         sent = f"a file starting {head[:32]!r}" if head else "an empty file"
-        raise DownloadError(f"{url} sent {sent}, not a gzip archive (an error page?); it was deleted. Check the base URL "
-                            f"(--url / $BAPPS_URL), or download the file by hand and place it at {dest}")
+        raise DownloadError(f"{url} sent {sent}, not a gzip archive (an error page?); it was deleted. "
+                            f"Check the base URL (--url / $BAPPS_URL), or download the file by hand and "
+                            f"place it at {dest}")
     os.replace(part, dest)
 
 
