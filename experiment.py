@@ -82,8 +82,8 @@ def _range_problem(x, name, lo, hi):
         if count:
             items = bad.flatten(1).any(1).nonzero().flatten().tolist()
             shown = ", ".join(map(str, items[:10])) + (", ..." if len(items) > 10 else "")
-            return (f"{name} has {count} {kind} values, in batch items {shown} (of {len(x)}): the metric "
-                    f"needs finite values in [0, 1]; check how these images were made")
+            return (f"{name} has {count} {kind} value{'s' * (count > 1)}, in batch items {shown} "
+                    f"(of {len(x)}): the metric needs finite values in [0, 1]; check how these images were made")
     hint = "rescale with (x + 1) / 2" if lo < 0 else "divide by 255" if hi > 2 else "clamp to [0, 1]"
     return f"{name} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]: {hint}"
 

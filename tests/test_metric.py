@@ -224,7 +224,7 @@ def test_nan_pixels_are_counted_and_located(torch_home):
 def test_infinite_pixels_give_no_rescaling_hint(torch_home, value):
     x = images(20)
     x[0, 1, 2, 2] = value
-    with pytest.raises(ValueError, match=r"1 infinite values, in batch items 0 \(of 2\)") as error:
+    with pytest.raises(ValueError, match=r"1 infinite value, in batch items 0 \(of 2\)") as error:
         DistanceMetric("alex")(images(21), x)
     assert "255" not in str(error.value) and "rescale" not in str(error.value)
 
