@@ -504,24 +504,24 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
         looked = " or ".join(str(root / name) for name in SPLIT_FOLDERS[split])
         raise DatasetError(f"BAPPS {split} is not under {root} (no folder {looked}). "
                            f"Fetch it with: python dataset_collector.py --root {root} --parts {part}")
-    _check_subsplits(folder, names)
+    _check_subsplits(folder, split, names)
     sets = [BAPPSSubsplit(folder / sub, jnd=(split == "jnd/val"),
                           image_transform=image_transform, load_size=load_size)
             for sub in names]
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
-def _check_subsplits(folder, names):
+def _check_subsplits(folder, split, names):
     """An error naming the first missing subsplit folder and listing those present, suggesting --subsplits."""
     missing = [sub for sub in names if not (folder / sub).is_dir()]
     if not missing:
         return
-    present = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    choice = (f"evaluate only those with --subsplits {' '.join(present)}" if present else
-              "it holds no subsplit folder")
-    raise DatasetError(f"BAPPS subsplit folder {folder / missing[0]} is missing (missing: "
-                       f"{', '.join(missing)}); {folder} has {', '.join(present) or 'nothing'}: {choice}. "
-                       f"Folders on disk are used as they are, never downloaded again")
+    present = [sub for sub in SUBSPLITS[split] if (folder / sub).is_dir()]
+    only = f"Evaluate only those with --subsplits {' '.join(present)}, or move" if present else "Move"
+    raise DatasetError(f"BAPPS subsplit folder {folder / missing[0]} is missing: {folder} has {len(present)} of "
+                       f"the {len(SUBSPLITS[split])} {split} subsplits ({', '.join(present) or 'none'}). {only} "
+                       f"{folder} away to download the whole part (a folder on disk is never downloaded again "
+                       f"or changed)")
 
 
 # ---------------------------------------------------------------- command line

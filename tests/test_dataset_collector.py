@@ -177,7 +177,7 @@ def test_missing_subsplit_is_one_error_listing_those_present(server, tmp_path):
         with pytest.raises(DatasetError) as error:
             dataset_collector("BAPPS", "val", root=root, download=download)
         text = str(error.value)
-        assert str(root / "2afc/val/superres") in text and "--subsplits cnn traditional" in text
+        assert str(root / "2afc/val/superres") in text and "--subsplits traditional cnn" in text
     assert server.state.requests == []
 
 
