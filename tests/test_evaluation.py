@@ -334,7 +334,9 @@ def test_missing_dataset_without_download_names_the_fix(tmp_path, capsys):
 def test_trained_weights_file_gives_its_version(torch_home, bapps, tmp_path):
     path = tmp_path / "lin_alex" / "version_3" / "lin.pth"
     path.parent.mkdir(parents=True)
-    torch.save(experiment.DistanceMetric("alex", lin=True).lpips_state_dict(), path)
+    trained = experiment.DistanceMetric("alex", lin=True)
+    trained.clamp_weights()  # as training leaves them: LPIPS weights are >= 0
+    torch.save(trained.lpips_state_dict(), path)
     args = ["--variant", "lin", "--lpips-weights", str(path), "--splits", "jnd", "--limit", "4"]
     assert run(args, bapps, tmp_path / "out") == 0
     assert {(r["variant"], r["version"], r["n"]) for r in read_csv(tmp_path / "out")} == {("lin", "3", "4")}
