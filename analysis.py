@@ -7,12 +7,15 @@ Every case of `IMAGE_DIR/manifest.csv` (`category,image,variant,rule`, paths rel
 to IMAGE_DIR) is a question with a known answer: is the variant (a rotation, a shift,
 an inversion, a global colour offset) closer to the image than every reference in
 `IMAGE_DIR/ref/` (rule `closer_than_refs`), or than another variant (rule
-`closer_than:<path>`)? For each network every distinct image goes through the backbone
-once and each method's view of it is computed once; all configurations are compared
-from those views.
+`closer_than:<path>`)? The manifest is UTF-8 (a leading BOM, as Excel writes it, is
+fine); a case listed twice is an error. For each network every distinct image goes
+through the backbone once and each method's view of it is computed once; all
+configurations are compared from those views.
 
-Outputs in OUT (`--out`, default `logs`), each replaced atomically (temporary file, then
-os.replace), all written only after every distance is known:
+Outputs in OUT (`--out`, default `logs`, checked writable before anything is computed),
+written only after every distance is known and all or nothing (each written in full to a
+temporary folder in OUT, then renamed over the old one; Ctrl-C or an error leaves the old
+outputs as they were):
 
 - `results.csv`: one row per net, method, channel norm and case, columns
   `net,method,channel_norm,category,image,variant,rule,distance,threshold_distance,
@@ -35,7 +38,9 @@ import argparse
 import csv
 import io
 import os
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 
@@ -43,13 +48,14 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from dataset_collector import ImageLoadError, load_image
-from experiment import CHANNEL_NORMS, METHODS, DistanceMetric, pick_device, requested_configs, write_atomic
+from dataset_collector import load_image
+from experiment import CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, requested_configs, write_atomic
 from loss_networks import NETWORKS, WeightsUnavailableError, canonical_net, checkpoint_path
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
 RESULT_COLUMNS = ("net", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
                   "threshold_distance", "threshold_image", "success")
+OUTPUTS = ("results.csv", "summary.csv", "summary.md", "summary.png")
 RULE_REFS = "closer_than_refs"
 RULE_OTHER = "closer_than:"
 REF_FOLDER = "ref"
@@ -85,20 +91,32 @@ def image_files(folder, root=None):
 
 
 def read_manifest(image_dir):
-    """The cases of `image_dir/manifest.csv`, checked: columns, rules and that every file exists."""
+    """The cases of `image_dir/manifest.csv`, checked: encoding, columns, rules, that every file exists and
+    that no case is listed twice."""
     path = os.path.join(image_dir, "manifest.csv")
     if not os.path.isfile(path):
         raise AnalysisError(f"no manifest at {path}: generate the images with `python images/make_images.py` "
                             f"or pass --image-dir FOLDER (a folder holding manifest.csv)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise AnalysisError(f"manifest {path}: header {reader.fieldnames} lacks the columns {missing}; "
-                                f"expected {','.join(MANIFEST_COLUMNS)}")
-        cases = [check_case(path, image_dir, reader.line_num, row) for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: the BOM that Excel writes is skipped
+            reader = csv.DictReader(f)
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise AnalysisError(f"manifest {path}: header {reader.fieldnames} lacks the columns {missing}; "
+                                    f"expected {','.join(MANIFEST_COLUMNS)}")
+            cases = [check_case(path, image_dir, reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        raise AnalysisError(f"manifest {path} is not UTF-8 text (it has the byte {err.object[err.start]:#04x}); "
+                            f"save it as UTF-8 (in Excel: CSV UTF-8)") from None
     if not cases:
         raise AnalysisError(f"manifest {path} lists no cases")
+    first = {}
+    for case in cases:
+        key = (case.category, case.image, case.variant, case.rule)
+        if key in first:
+            raise AnalysisError(f"manifest {path}, line {case.line} repeats the case of line {first[key]} "
+                                f"({','.join(key)}): delete one of them")
+        first[key] = case.line
     return cases
 
 
@@ -136,6 +154,37 @@ def network_name(name):
         return canonical_net(name)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_writable(folder, outputs=()):
+    """Raise AnalysisError unless files can be written in `folder` (created later if missing) under the names
+    `outputs`; checked before any computation, creating nothing."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    fix = "choose another folder with --out"
+    if not os.path.isdir(existing):
+        raise AnalysisError(f"--out {folder}: {existing} is a file, not a folder; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise AnalysisError(f"--out {folder}: cannot write in {existing} ({err.strerror}); {fix}") from None
+    taken = [name for name in outputs if os.path.isdir(os.path.join(folder, name))]
+    if taken:
+        raise AnalysisError(f"--out {folder}: {os.path.join(folder, taken[0])} is a folder, where an output "
+                            f"file goes; move it away or {fix}")
 
 
 def build_metric(net, weights_dir=None, device="cpu"):
@@ -294,16 +343,23 @@ def write_outputs(out, rows, refs):
     summary_header = ["net", "method", "channel_norm", *columns]
     summary = summary_rows(columns, table)
     markdown = markdown_table(summary_header, summary)
-    contents = {
-        "results.csv": csv_text(header, [[row[c] for c in header] for row in rows]).encode(),
-        "summary.csv": csv_text(summary_header, summary).encode(),
-        "summary.md": markdown.encode(),
-        "summary.png": plot_summary(columns, table),
-    }
-    paths = [os.path.join(out, name) for name in contents]
-    for path, data in zip(paths, contents.values()):
-        write_atomic(path, data)
-    return paths, markdown
+    contents = dict(zip(OUTPUTS, (
+        csv_text(header, [[row[c] for c in header] for row in rows]).encode(),
+        csv_text(summary_header, summary).encode(),
+        markdown.encode(),
+        plot_summary(columns, table),
+    )))
+    # all or nothing: every file is written in full beside the outputs before any output is replaced
+    os.makedirs(out, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".analysis-", dir=out)
+    try:
+        for name, data in contents.items():
+            write_atomic(os.path.join(staging, name), data)
+        for name in contents:
+            os.replace(os.path.join(staging, name), os.path.join(out, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [os.path.join(out, name) for name in contents], markdown
 
 
 def parse_args(argv=None):
@@ -319,33 +375,30 @@ def parse_args(argv=None):
                         help=f"methods: {', '.join(METHODS)} or all (default: all)")
     parser.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS), default="both",
                         help="channel-wise normalisation on, off or both (default: both)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=positive_int, default=None,
                         help="load every image at SIZE x SIZE (default: as stored; compared images must match)")
-    parser.add_argument("--batch-size", type=int, default=16,
+    parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="images per backbone pass (default: 16; lower it if memory runs short)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", type=device_arg, default="auto",
+                        help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--weights-dir", default=None,
                         help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
-    args = parser.parse_args(argv)
-    for flag, value in (("--batch-size", args.batch_size), ("--size", args.size)):
-        if value is not None and value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
-    try:
-        args.device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     configs = requested_configs(args.method, args.channel_norm)
     try:
+        check_writable(args.out, OUTPUTS)
         rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
                              args.weights_dir, args.batch_size)
-    except (AnalysisError, ImageLoadError, WeightsUnavailableError) as err:
+        paths, markdown = write_outputs(args.out, rows, refs)
+    except (ValueError, OSError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, bad weights
         sys.exit(f"analysis.py: error: {err}")
-    paths, markdown = write_outputs(args.out, rows, refs)
+    except KeyboardInterrupt:
+        print(f"analysis.py: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        sys.exit(130)
     print(markdown, end="")
     print("wrote " + ", ".join(paths))
 

@@ -8,10 +8,10 @@ fetches the official archives (``twoafc_train.tar.gz``, ``twoafc_val.tar.gz``,
 ``jnd.tar.gz``) from ``BASE`` (default: the official bucket, or ``$BAPPS_URL``) into
 ``ROOT/<archive>.part``, resumes a partial file with an HTTP Range request (or starts
 over when the server ignores Range), checks the length the server announced and only
-then renames it to ``ROOT/<archive>``. Network errors are retried ``$BAPPS_RETRIES``
-times (default 4) after ``$BAPPS_RETRY_DELAY`` seconds (default 2), doubling each time.
-An archive already at ``ROOT/<archive>`` is used as it is, so one downloaded by hand
-can be placed there.
+then renames it to ``ROOT/<archive>``; a download that is not gzip (an error page) is
+deleted. Network errors are retried ``$BAPPS_RETRIES`` times (default 4) after
+``$BAPPS_RETRY_DELAY`` seconds (default 2), doubling each time. An archive already at
+``ROOT/<archive>`` is used as it is, so one downloaded by hand can be placed there.
 
 Extraction accepts members named ``dataset/2afc/{train,val}/...`` and
 ``dataset/jnd/val/...``; the leading ``dataset/`` is optional, and so is ``2afc/``
@@ -19,10 +19,15 @@ for the 2AFC archives (the layout the LPIPS download script produces). They land
 ``ROOT/train``, ``ROOT/val`` and ``ROOT/jnd/val``; other members are skipped with a
 warning. Absolute names, names with ``..``, special files and links that leave the
 part's folder make the whole archive an error. Each part is extracted into
-``ROOT/.extract-<part>``, its layout checked, moved into place, and only then is the
-marker ``ROOT/.complete-<part>`` (part: ``train``, ``val``, ``jnd``) written. A part with
-its marker is never fetched again; a part without it is fetched and extracted anew.
-The archive is deleted after extraction unless ``--keep-archives``.
+``ROOT/.extract-<part>``, its layout checked, moved into place in one rename (so an
+interrupted extraction leaves no part folder and is redone), and only then is the marker
+``ROOT/.complete-<part>`` (part: ``train``, ``val``, ``jnd``) written, recording this
+tool's extraction. The archive is deleted after extraction unless ``--keep-archives``; a
+downloaded archive that cannot be extracted is deleted too (one placed by hand is kept).
+
+A part whose folder is on disk, in this layout or LPIPS's (``ROOT/2afc/{train,val}``,
+``ROOT/jnd/val``), whoever extracted it, is used as it is: never fetched again, nothing
+of it deleted or replaced.
 
 ``dataset_collector("BAPPS", split, ...)`` returns the datasets described in DESIGN.md,
 and ``load_image`` is the one image-file loader of the project.
@@ -62,6 +67,9 @@ SUBSPLITS = {
     "jnd/val": ("traditional", "cnn"),
 }
 PART_OF_SPLIT = {split: part for part, split in SPLIT_OF_PART.items()}
+# where a split can be on disk: this project's layout first, then the one LPIPS's download script leaves
+SPLIT_FOLDERS = {"train": ("train", "2afc/train"), "val": ("val", "2afc/val"), "jnd/val": ("jnd/val",)}
+GZIP_MAGIC = b"\x1f\x8b"
 TWOAFC_FOLDERS = {"images": ("ref", "p0", "p1"), "judgement": "judge"}
 JND_FOLDERS = {"images": ("p0", "p1"), "judgement": "same"}
 
@@ -129,23 +137,34 @@ def _pil_to_tensor(im):
 # ---------------------------------------------------------------- download
 
 
-def _env_number(name, default, kind):
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"${name}={value!r} is not a valid {kind.__name__}") from None
+def retry_settings():
+    """(retries, seconds before the first retry) from $BAPPS_RETRIES (default 4) and $BAPPS_RETRY_DELAY
+    (default 2); ValueError naming a variable whose value is not a whole number >= 0, resp. a number >= 0."""
+    settings = []
+    for name, default, kind, wanted in (("BAPPS_RETRIES", "4", int, "a whole number >= 0"),
+                                        ("BAPPS_RETRY_DELAY", "2", float, "a number of seconds >= 0")):
+        value = os.environ.get(name, default)
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not 0 <= number < float("inf"):
+            raise ValueError(f"${name}={value!r} is not {wanted}; set it so or unset it (default {default})")
+        settings.append(number)
+    return tuple(settings)
 
 
 def download(url, dest, retries=None, retry_delay=None):
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming and retrying."""
+    """Download the gzip archive ``url`` to ``dest`` through ``dest.part``, resuming and retrying.
+
+    A finished download that is not gzip (an HTML error page, say) is deleted: it is an error,
+    never left in place for the next run to trip over.
+    """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    retries = _env_number("BAPPS_RETRIES", 4, int) if retries is None else retries
-    delay = _env_number("BAPPS_RETRY_DELAY", 2.0, float) if retry_delay is None else retry_delay
-    retries = max(retries, 0)
+    env_retries, env_delay = retry_settings()
+    retries = env_retries if retries is None else max(retries, 0)
+    delay = env_delay if retry_delay is None else retry_delay
     for attempt in range(retries + 1):
         try:
             _download_once(url, part)
@@ -163,6 +182,14 @@ def download(url, dest, retries=None, retry_delay=None):
         except requests.RequestException as err:
             raise DownloadError(f"could not download {url} ({err}); check the base URL "
                                 f"(--url / $BAPPS_URL)") from err
+    with open(part, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(GZIP_MAGIC):
+        part.unlink()
+        sent = f"a file starting {head[:32]!r}" if head else "an empty file"
+        raise DownloadError(f"{url} sent {sent}, not a gzip archive (an error page?); it was deleted. "
+                            f"Check the base URL (--url / $BAPPS_URL), or download the file by hand and "
+                            f"place it at {dest}")
     os.replace(part, dest)
 
 
@@ -286,11 +313,9 @@ def extract_part(archive, root, part):
         _check_layout(staging / SPLIT_OF_PART[part], part, archive)
         _move_into_place(staging / SPLIT_OF_PART[part], root / SPLIT_OF_PART[part])
     except UnsafeArchiveError as err:
-        raise UnsafeArchiveError(f"{err}. The archive is refused and nothing of it was kept; "
-                                 f"delete it and download it again from a trusted source") from None
+        raise UnsafeArchiveError(f"{err}. The archive is refused and nothing of it was kept") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeError) as err:
-        raise DatasetError(f"cannot extract {archive} ({err}); delete it and rerun to "
-                           f"download it again") from err
+        raise DatasetError(f"cannot extract {archive} ({err})") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if skipped:
@@ -329,22 +354,18 @@ def _check_layout(folder, part, archive):
             if not (folder / subsplit / sub).is_dir():
                 raise DatasetError(
                     f"{archive} has no {SPLIT_OF_PART[part]}/{subsplit}/{sub}/ folder; it is not "
-                    f"the BAPPS archive {ARCHIVES[part]}. Delete it and rerun to download it again")
+                    f"the BAPPS archive {ARCHIVES[part]}")
 
 
 def _move_into_place(source, dest):
-    """Replace ``dest`` by ``source`` so that ``dest`` is never a half-written tree."""
+    """Rename ``source`` to ``dest`` in one step, so that ``dest`` is never a half-written tree;
+    a ``dest`` that appeared meanwhile with files in it makes the rename fail, never lose them."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    old = dest.with_name(f".old-{dest.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        os.replace(dest, old)
     os.replace(source, dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def marker_path(root, part):
-    """The file whose presence says that ``part`` (train, val, jnd) is fully extracted."""
+    """The file that records that this tool's extraction of ``part`` (train, val, jnd) finished."""
     return Path(root) / f".complete-{part}"
 
 
@@ -355,19 +376,41 @@ def _write_marker(root, part, archive):
     os.replace(tmp, marker)
 
 
+def split_folder(root, split):
+    """The folder of ``split`` (train, val, jnd/val) under ``root`` in either layout (``ROOT/val`` or
+    LPIPS's ``ROOT/2afc/val``), whoever put it there; None when there is none."""
+    for name in SPLIT_FOLDERS[split]:
+        if (Path(root) / name).is_dir():
+            return Path(root) / name
+    return None
+
+
 def fetch_part(root, part, url=None, keep_archive=False, retries=None, retry_delay=None):
-    """Make ``part`` (train, val, jnd) complete under ``root``; False if it already was."""
+    """Make ``part`` (train, val, jnd) present under ``root``; False if its folder already was.
+
+    A folder already on disk, in either layout, is used as it is: never downloaded again,
+    never replaced. An archive that fails extraction is kept when it was placed by hand
+    (the error says to delete it) and deleted when this call downloaded it.
+    """
     if part not in ARCHIVES:
         raise ValueError(f"unknown BAPPS part {part!r}; valid parts: {', '.join(ARCHIVES)}")
     root = Path(root)
-    if marker_path(root, part).exists():
+    if split_folder(root, SPLIT_OF_PART[part]) is not None:
         return False
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVES[part]
-    if not archive.exists():
+    downloaded = not archive.exists()
+    if downloaded:
         base = url or os.environ.get("BAPPS_URL") or BASE_URL
         download(base.rstrip("/") + "/" + ARCHIVES[part], archive, retries, retry_delay)
-    extract_part(archive, root, part)
+    try:
+        extract_part(archive, root, part)
+    except DatasetError as err:
+        if not downloaded:
+            raise type(err)(f"{err}; delete {archive} and rerun to download it again") from err
+        archive.unlink()
+        raise type(err)(f"{err}; the downloaded file was deleted: rerun to download it again, or check "
+                        f"the base URL (--url / $BAPPS_URL)") from err
     if not keep_archive:
         archive.unlink()
     return True
@@ -438,8 +481,10 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
     """The BAPPS dataset of ``split`` (train, val, jnd/val) and ``subsplit``.
 
     ``subsplit`` is one name of ``SUBSPLITS[split]``, a list of them, or ``"all"``
-    (all of them, concatenated in the order of ``SUBSPLITS``). With ``download`` the
-    part is fetched when its marker is missing.
+    (all of them, concatenated in the order of ``SUBSPLITS``). The split is read from
+    ``root/<split>`` or LPIPS's ``root/2afc/<split>``, whoever extracted it; with
+    ``download`` a split with neither folder is fetched. A requested subsplit whose folder
+    is missing is an error listing the subsplits present.
     """
     if name != "BAPPS":
         raise ValueError(f"unknown dataset {name!r}; valid datasets: BAPPS")
@@ -454,14 +499,29 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
     part, root = PART_OF_SPLIT[split], Path(root)
     if download:
         fetch_part(root, part)
-    elif not marker_path(root, part).exists():
-        raise DatasetError(
-            f"BAPPS {split} is not (completely) under {root}: {marker_path(root, part)} is "
-            f"missing. Fetch it with: python dataset_collector.py --root {root} --parts {part}")
-    sets = [BAPPSSubsplit(root / split / sub, jnd=(split == "jnd/val"),
+    folder = split_folder(root, split)
+    if folder is None:
+        looked = " or ".join(str(root / name) for name in SPLIT_FOLDERS[split])
+        raise DatasetError(f"BAPPS {split} is not under {root} (no folder {looked}). "
+                           f"Fetch it with: python dataset_collector.py --root {root} --parts {part}")
+    _check_subsplits(folder, split, names)
+    sets = [BAPPSSubsplit(folder / sub, jnd=(split == "jnd/val"),
                           image_transform=image_transform, load_size=load_size)
             for sub in names]
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+
+def _check_subsplits(folder, split, names):
+    """An error naming the first missing subsplit folder and listing those present, suggesting --subsplits."""
+    missing = [sub for sub in names if not (folder / sub).is_dir()]
+    if not missing:
+        return
+    present = [sub for sub in SUBSPLITS[split] if (folder / sub).is_dir()]
+    only = f"Evaluate only those with --subsplits {' '.join(present)}, or move" if present else "Move"
+    raise DatasetError(f"BAPPS subsplit folder {folder / missing[0]} is missing: {folder} has {len(present)} of "
+                       f"the {len(SUBSPLITS[split])} {split} subsplits ({', '.join(present) or 'none'}). {only} "
+                       f"{folder} away to download the whole part (a folder on disk is never downloaded again "
+                       f"or changed)")
 
 
 # ---------------------------------------------------------------- command line
@@ -470,8 +530,10 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Download, verify and extract the BAPPS dataset (resumable; parts "
-                    "already complete are skipped).",
-        epilog="An archive downloaded by hand can be placed in ROOT under its own name. "
+                    "already on disk are skipped).",
+        epilog="A part already extracted, by this tool or by hand, in this layout (ROOT/val) or "
+               "LPIPS's (ROOT/2afc/val), is used as it is. "
+               "An archive downloaded by hand can be placed in ROOT under its own name. "
                "Environment: BAPPS_URL (base URL), BAPPS_RETRIES (default 4), "
                "BAPPS_RETRY_DELAY (seconds before the first retry, doubling; default 2).")
     parser.add_argument("--root", default="datasets/BAPPS",
@@ -486,10 +548,14 @@ def main(argv=None):
                         help="keep the .tar.gz files after extraction (default: delete them)")
     args = parser.parse_args(argv)
     try:
+        retry_settings()
+    except ValueError as err:
+        parser.error(str(err))
+    try:
         for part in args.parts:
             fetched = fetch_part(args.root, part, url=args.url, keep_archive=args.keep_archives)
-            state = "complete" if fetched else "already complete"
-            print(f"{part}: {state} in {Path(args.root) / SPLIT_OF_PART[part]}")
+            state = "complete" if fetched else "already present"
+            print(f"{part}: {state} in {split_folder(args.root, SPLIT_OF_PART[part])}")
     except (DatasetError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dataset_collector import SUBSPLITS, DatasetError, dataset_collector
+from dataset_collector import SUBSPLITS, DatasetError, dataset_collector, retry_settings
 from loss_networks import (DEFAULT_LAYERS, NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net,
                             fetch_pretrained, load_state_dict_file)
 
@@ -56,7 +56,11 @@ RANGE_TOLERANCE = 1e-3
 
 
 def check_images(x, name="x"):
-    """Raise ValueError unless `x` is a float tensor (N, 3, H, W) with values in [0, 1]."""
+    """Raise ValueError unless `x` is a float tensor (N, 3, H, W) with values in [0, 1].
+
+    One reduction (min and max together) on the common path: it runs on every batch.
+    NaN fails every comparison, so NaN and infinities are told apart only on the error path.
+    """
     if not torch.is_tensor(x):
         raise ValueError(f"{name} must be a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != 3:
@@ -66,11 +70,24 @@ def check_images(x, name="x"):
         )
     if not x.is_floating_point():
         raise ValueError(f"{name} has dtype {x.dtype}, expected floats in [0, 1]: use x.float() / 255")
-    lo, hi = torch.aminmax(x.detach())
-    lo, hi = lo.item(), hi.item()
-    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        hint = "rescale with (x + 1) / 2" if lo < 0 else "divide by 255" if hi > 2 else "clamp to [0, 1]"
-        raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]: {hint}")
+    if x.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
+    if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
+        raise ValueError(_range_problem(x.detach(), name, lo, hi))
+
+
+def _range_problem(x, name, lo, hi):
+    """The message for values outside [0, 1]: NaN and infinities located by batch item, else a rescaling hint."""
+    for kind, bad in (("NaN", torch.isnan(x)), ("infinite", torch.isinf(x))):
+        count = int(bad.sum())
+        if count:
+            items = bad.flatten(1).any(1).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, items[:10])) + (", ..." if len(items) > 10 else "")
+            return (f"{name} has {count} {kind} value{'s' * (count > 1)}, in batch items {shown} "
+                    f"(of {len(x)}): the metric needs finite values in [0, 1]; check how these images were made")
+    hint = "rescale with (x + 1) / 2" if lo < 0 else "divide by 255" if hi > 2 else "clamp to [0, 1]"
+    return f"{name} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]: {hint}"
 
 
 def transform(f, part):
@@ -185,20 +202,29 @@ class DistanceMetric(nn.Module):
                 for i, part in enumerate(PARTS[self.method]) for k, layer in enumerate(self.lins[part])}
 
     def load_lpips_weights(self, path):
-        """Load LPIPS-format linear weights from `path`, strictly (error names the keys)."""
+        """Load LPIPS-format linear weights from `path`, strictly (error names the keys).
+
+        LPIPS weights are >= 0 (training clamps them): negative or non-finite values mean
+        a wrong or damaged file, and nothing of it is loaded.
+        """
         state = load_state_dict_file(path)
         expected = self.lpips_state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ValueError(f"LPIPS weights {path} do not fit {self.net.net}/{self.method}: "
                              f"missing keys {missing or 'none'}, unexpected keys {unexpected or 'none'}")
+        for key, current in expected.items():
+            weight = state[key]
+            if weight.shape != current.shape:
+                raise ValueError(f"LPIPS weights {path}: {key} has shape {tuple(weight.shape)}, "
+                                 f"expected {tuple(current.shape)}")
+            if not torch.isfinite(weight).all() or (weight < 0).any():
+                raise ValueError(f"LPIPS weights {path}: {key} has negative or non-finite values (min "
+                                 f"{weight.min().item():.4g}); LPIPS linear weights are finite and >= 0: "
+                                 f"is this the right file?")
         for i, part in enumerate(PARTS[self.method]):
             for k, layer in enumerate(self.lins[part]):
-                weight = state[lpips_key(i, part, k)]
-                if weight.shape != layer.model[1].weight.shape:
-                    raise ValueError(f"LPIPS weights {path}: {lpips_key(i, part, k)} has shape "
-                                     f"{tuple(weight.shape)}, expected {tuple(layer.model[1].weight.shape)}")
-                layer.model[1].weight.data.copy_(weight)
+                layer.model[1].weight.data.copy_(state[lpips_key(i, part, k)])
 
     def clamp_weights(self):
         """Keep the linear weights non-negative (LPIPS clamps after every optimiser step)."""
@@ -208,9 +234,13 @@ class DistanceMetric(nn.Module):
                     layer.model[1].weight.clamp_(min=0)
 
     def features(self, x):
-        """Backbone activations of images `x` in [0, 1] (normalised here)."""
+        """Backbone activations of images `x` in [0, 1] (normalised here).
+
+        `x` is cast to the metric's dtype: float32 unless the metric was converted (with
+        `metric.double()` a float64 input is computed in float64).
+        """
         check_images(x, "images")
-        return self.net(torch.addcmul(self.offset, x, self.gain))
+        return self.net(torch.addcmul(self.offset, x.to(self.offset.dtype), self.gain))
 
     def configs(self, method=None, channel_norm=None):
         """[(method, channel_norm)], defaulting to the metric's own configuration."""
@@ -790,20 +820,36 @@ def check_args(args):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
     pick_device(args.device)
+    if not args.no_download:
+        retry_settings()
 
 
 def pick_device(name="auto"):
-    """torch.device for --device: auto is cuda when there is one, else cpu."""
+    """torch.device for --device: auto is cuda when there is one, else cpu; ValueError for any other kind
+    (mps only where it is available) or a CUDA device this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    usage = "use auto, cpu, cuda or cuda:N"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise ValueError(f"--device {name!r} is not a device: {usage}") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here; "
                          f"use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS (Apple GPU) is not available here; {usage}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: {device.type} devices are not supported; {usage}")
     return device
+
+
+def device_arg(name):
+    """argparse type for --device: `pick_device`, its error turned into a usage error."""
+    try:
+        return pick_device(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--device ")) from None
 
 
 def weights_version(lpips_weights):

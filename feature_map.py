@@ -7,13 +7,16 @@
 `--image` picks the one file under `--image-dir` whose path (relative to it) contains
 every given substring, ignoring case; `--path` names a file directly.
 
-For each extraction layer k of the network (the LPIPS layers, k = 0, 1, ... in network
-order) `OUT/<stem>_<net>_layer<k>.png` shows the first `--max-channels` channels as a
-grid: the raw activations on the left, the channel-normalised ones (divided by the L2
-norm over channels at each position) on the right. Each channel map is stretched to
-[0, 1] on its own for display.
+An image's pictures are named after its path under `--image-dir` without the extension
+(`<name>`: `rotate/clouds`, so that `translate/clouds.png` does not overwrite them), or
+after its file name when it lies elsewhere. For each extraction layer k of the network
+(the LPIPS layers, k = 0, 1, ... in network order) `OUT/<name>_<net>_layer<k>.png` shows
+the first `--max-channels` channels as a grid: the raw activations on the left, the
+channel-normalised ones (divided by the L2 norm over channels at each position) on the
+right. Each channel map is stretched to [0, 1] on its own for display.
 
-With `--compare PATH`, `OUT/<stem>_vs_<stem2>_<net>_<method>_<norm|raw>.png` shows both
+With `--compare PATH`, `OUT/<name>_vs_<name2>_<net>_<method>_<norm|raw>.png` (`/` in
+`<name2>` written as `-`) shows both
 images and the per-pixel distance map of `--method` overlaid on the first: for each
 layer and each position of the method's view, the sum over channels of the squared
 difference, upsampled (bilinear) to the image size, then summed over layers (as LPIPS's
@@ -23,13 +26,15 @@ compares the k-th smallest value of each channel, laid out row by row over the l
 grid, so its map tells where in that order the images differ, not where in the image;
 `mean` has one position per layer and adds a constant.
 
-The paths written are printed; `--show` opens them in the system's image viewer.
+Both images are loaded and checked, and `--out` checked writable, before anything is
+written. The paths written are printed; `--show` opens them in the system's image viewer.
 """
 import argparse
 import io
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,9 +43,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis import AnalysisError, build_metric, image_files, network_name
-from dataset_collector import ImageLoadError, load_image
-from experiment import METHODS, PARTS, channel_normalize, pick_device, write_atomic
+from analysis import AnalysisError, build_metric, check_writable, image_files, network_name, positive_int
+from dataset_collector import load_image
+from experiment import METHODS, PARTS, channel_normalize, device_arg, write_atomic
 from loss_networks import WeightsUnavailableError
 
 
@@ -58,6 +63,16 @@ def find_image(image_dir, substrings):
         f"in {image_dir}; "
         f"give substrings that match exactly one, or --path FILE. "
         f"{'Matches' if matches else 'Images'}:\n  " + "\n  ".join(shown))
+
+
+def picture_name(path, image_dir):
+    """The name an image's pictures are called by: its path under `image_dir` without the extension
+    ('rotate/clouds'), or its file name without the extension when it is not under `image_dir`."""
+    try:
+        name = Path(path).resolve().relative_to(Path(image_dir).resolve())
+    except ValueError:
+        name = Path(Path(path).name)
+    return name.with_suffix("").as_posix()
 
 
 def channel_mosaic(f, max_channels):
@@ -94,7 +109,7 @@ def layer_figure(raw, title, max_channels):
     return png_bytes(fig)
 
 
-def write_feature_maps(metric, x, stem, out, max_channels):
+def write_feature_maps(metric, x, name, out, max_channels):
     """One PNG per extraction layer of `metric` for image `x` (1, 3, H, W); returns the paths."""
     with torch.inference_mode():
         feats = metric.features(x)
@@ -102,8 +117,8 @@ def write_feature_maps(metric, x, stem, out, max_channels):
     for k, (index, f) in enumerate(zip(metric.net.layers, feats)):
         c, h, w = f.shape[1:]
         shown = f", first {max_channels} shown" if c > max_channels else ""
-        title = f"{stem}: {net} layer {k} (features[{index}]), {c} channels of {h}x{w}{shown}"
-        paths.append(os.path.join(out, f"{stem}_{net}_layer{k}.png"))
+        title = f"{name}: {net} layer {k} (features[{index}]), {c} channels of {h}x{w}{shown}"
+        paths.append(os.path.join(out, f"{name}_{net}_layer{k}.png"))
         write_atomic(paths[-1], layer_figure(f[0], title, max_channels))
     return paths
 
@@ -138,16 +153,16 @@ def compare_figure(x0, x1, dmap, names, title):
     return png_bytes(fig)
 
 
-def write_distance_map(metric, x0, x1, names, out, method, channel_norm):
-    """The comparison PNG of images x0 and x1 (1, 3, H, W); returns its path."""
+def write_distance_map(metric, x0, x1, names, out, method, channel_norm, image_dir):
+    """The comparison PNG of images x0 and x1 (1, 3, H, W) read from the files `names`; returns its path."""
     with torch.inference_mode():
         dmap = distance_map(metric, x0, x1, method, channel_norm)[0]
         value = metric.distance(metric.features(x0), metric.features(x1), method, channel_norm).item()
     norm = "norm" if channel_norm else "raw"
     title = (f"{metric.net.net}, {method}, channel norm {'on' if channel_norm else 'off'}: "
              f"distance {value:.4g} (map mean {dmap.mean().item():.4g})")
-    stems = [os.path.splitext(os.path.basename(name))[0] for name in names]
-    path = os.path.join(out, f"{stems[0]}_vs_{stems[1]}_{metric.net.net}_{method}_{norm}.png")
+    first, second = (picture_name(name, image_dir) for name in names)
+    path = os.path.join(out, f"{first}_vs_{second.replace('/', '-')}_{metric.net.net}_{method}_{norm}.png")
     write_atomic(path, compare_figure(x0, x1, dmap, names, title))
     return path
 
@@ -165,41 +180,37 @@ def parse_args(argv=None):
                         help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg; default: alexnet)")
     parser.add_argument("--out", default=os.path.join("logs", "feature_maps"),
                         help="output folder (default: logs/feature_maps)")
-    parser.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default: 64)")
-    parser.add_argument("--size", type=int, default=None, help="load the images at SIZE x SIZE")
+    parser.add_argument("--max-channels", type=positive_int, default=64,
+                        help="channels shown per layer (default: 64)")
+    parser.add_argument("--size", type=positive_int, default=None, help="load the images at SIZE x SIZE")
     parser.add_argument("--compare", metavar="PATH", help="also draw the per-pixel distance to this image")
     parser.add_argument("--method", choices=METHODS, default="spatial",
                         help="method of --compare (default: spatial)")
     parser.add_argument("--channel-norm", choices=("on", "off"), default="on",
                         help="channel normalisation for --compare (default: on)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--device", type=device_arg, default="auto",
+                        help="auto (cuda if available), cpu, cuda, ...")
     parser.add_argument("--weights-dir", default=None,
                         help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--show", action="store_true", help="open the pictures in the image viewer")
-    args = parser.parse_args(argv)
-    if args.max_channels < 1:
-        parser.error(f"--max-channels must be at least 1, got {args.max_channels}")
-    try:
-        args.device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
 
 
 def draw(args):
-    """Write the pictures the arguments ask for; returns their paths."""
+    """Write the pictures the arguments ask for, once both images are loaded; returns their paths."""
+    check_writable(args.out)
     path = args.path if args.path is not None else find_image(args.image_dir, args.image)
-    metric = build_metric(args.network, args.weights_dir, args.device)
     x = load_image(path, args.size)[None].to(args.device)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    paths = write_feature_maps(metric, x, stem, args.out, args.max_channels)
     if args.compare is not None:
         x1 = load_image(args.compare, args.size)[None].to(args.device)
         if x1.shape != x.shape:
             raise AnalysisError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
                                 f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
+    metric = build_metric(args.network, args.weights_dir, args.device)
+    paths = write_feature_maps(metric, x, picture_name(path, args.image_dir), args.out, args.max_channels)
+    if args.compare is not None:
         paths.append(write_distance_map(metric, x, x1, (path, args.compare), args.out, args.method,
-                                        args.channel_norm == "on"))
+                                        args.channel_norm == "on", args.image_dir))
     return paths
 
 
@@ -207,7 +218,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         paths = draw(args)
-    except (AnalysisError, ImageLoadError, WeightsUnavailableError) as err:
+    except (ValueError, OSError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, bad weights
         sys.exit(f"feature_map.py: error: {err}")
     for path in paths:
         print(path)

@@ -55,7 +55,18 @@ def load_state_dict_file(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     # zip-format checkpoints can be memory-mapped: parts never used (classifier heads) are never read
     mmap = zipfile.is_zipfile(path)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    fix = "delete it and download it again (or pass the right file)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except OSError:
+        raise
+    except Exception as err:  # torch.load reports damaged files as EOFError, UnpicklingError, KeyError, ...
+        raise ValueError(f"cannot read weights file {path} ({type(err).__name__}): it is damaged, empty or not "
+                         f"a PyTorch state dict; {fix}") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state dict of tensors; "
+                         f"{fix}")
+    return state
 
 
 def fetch_pretrained(net):

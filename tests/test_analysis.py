@@ -301,3 +301,95 @@ def test_real_image_distances_equal_the_metric(real_run, torch_home, net):
         assert_close(float(row["distance"]), expected[row["image"], row["variant"]][config].item())
         threshold = expected[row["image"], row["threshold_image"]][config].item()
         assert_close(float(row["threshold_distance"]), threshold)
+
+
+def run_analysis(folder, out, *extra):
+    analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex", "--method", "mean",
+                   "--channel-norm", "on", "--device", "cpu", *extra])
+
+
+def test_manifest_with_a_bom_is_read_and_a_non_utf8_one_is_a_clear_error(tmp_path):
+    folder = make_folder(tmp_path / "images")
+    plain = analysis.read_manifest(str(folder))
+    text = (folder / "manifest.csv").read_text()
+    (folder / "manifest.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel's "CSV UTF-8" saves it
+    assert analysis.read_manifest(str(folder)) == plain
+    (folder / "manifest.csv").write_bytes(text.replace("same", "même").encode("latin-1"))
+    with pytest.raises(analysis.AnalysisError, match=r"manifest .* is not UTF-8 text \(it has the byte 0xea\)"):
+        analysis.read_manifest(str(folder))
+
+
+def test_duplicated_case_is_reported_with_both_lines(tmp_path):
+    folder = make_folder(tmp_path / "images")
+    write_manifest(folder, CASES + [CASES[1]])
+    with pytest.raises(analysis.AnalysisError, match=r"line 6 repeats the case of line 3 \(rotate,a/tex.png,"):
+        analysis.read_manifest(str(folder))
+
+
+def test_unwritable_out_is_refused_before_any_computation(torch_home, tmp_path, monkeypatch, capsys):
+    folder = make_folder(tmp_path / "images")
+    monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match=r"^analysis.py: error: --out .*a_file/logs: .*a_file is a file"):
+        run_analysis(folder, tmp_path / "a_file" / "logs")
+    (tmp_path / "out" / "summary.png").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"summary.png is a folder"):
+        run_analysis(folder, tmp_path / "out")
+
+
+def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "images")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in analysis.OUTPUTS:
+        (out / name).write_text(f"earlier {name}")
+    write = analysis.write_atomic
+
+    def disk_full_at_summary_md(path, data):
+        if os.path.basename(path) == "summary.md":
+            raise OSError(28, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(analysis, "write_atomic", disk_full_at_summary_md)
+    with pytest.raises(SystemExit, match="No space left on device"):
+        run_analysis(folder, out)
+    assert sorted(os.listdir(out)) == sorted(analysis.OUTPUTS)
+    assert all((out / name).read_text() == f"earlier {name}" for name in analysis.OUTPUTS)
+
+
+def test_ctrl_c_is_one_line(torch_home, tmp_path, monkeypatch, capsys):
+    folder = make_folder(tmp_path / "images")
+    monkeypatch.setattr(analysis, "pair_distances", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(SystemExit) as exit_info:
+        run_analysis(folder, tmp_path / "out")
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == f"analysis.py: interrupted; nothing was written to {tmp_path / 'out'}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "mps"], "argument --device: mps: MPS (Apple GPU) is not available here"),
+    (["--device", "meta"], "argument --device: meta: meta devices are not supported"),
+    (["--size", "0"], "argument --size: must be at least 1, got 0"),
+    (["--size", "-3"], "argument --size: must be at least 1, got -3"),
+])
+def test_bad_device_or_size_is_a_usage_error(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        analysis.main(flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_damaged_weights_and_refused_images_are_one_line_errors(weights_home, tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "images")
+    weights = tmp_path / "weights" / "alexnet-owt-7be5be79.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"<html>not found</html>")
+    with pytest.raises(SystemExit, match=rf"^analysis.py: error: cannot read weights file {weights} .*delete it"):
+        run_analysis(folder, tmp_path / "out", "--weights-dir", str(weights.parent))
+    # FeatureExtractor's refusal of an image smaller than the network takes is a ValueError
+    monkeypatch.setenv("TORCH_HOME", weights_home["home"])
+    monkeypatch.setattr(DistanceMetric, "features", lambda *a: (_ for _ in ()).throw(
+        ValueError("images of 8x8 pixels are smaller than alex takes: at least 31x31")))
+    with pytest.raises(SystemExit, match=r"^analysis.py: error: images of 8x8 pixels .* at least 31x31$"):
+        run_analysis(folder, tmp_path / "out", "--size", "8")
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bapps_fake import make_bapps
+import experiment
 from dataset_collector import (ARCHIVES, SUBSPLITS, DatasetError, ImageLoadError, dataset_collector,
                                fetch_part, load_image, main, marker_path)
 
@@ -36,7 +37,7 @@ PART_FOLDER = {"train": "train", "val": "val", "jnd": "jnd/val"}
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves files with Range support; ``server.state`` counts, cuts and ignores Range."""
+    """Serves files with Range support; ``server.state`` counts, cuts, ignores Range, omits lengths."""
 
     def log_message(self, *args):
         pass
@@ -57,7 +58,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if not state.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if state.cuts_left > 0:
             state.cuts_left -= 1
@@ -71,7 +73,7 @@ def server(tmp_path):
     served.mkdir()
     httpd = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Handler, directory=str(served)))
-    httpd.state = SimpleNamespace(requests=[], cuts_left=0, ignore_range=False)
+    httpd.state = SimpleNamespace(requests=[], cuts_left=0, ignore_range=False, no_length=False)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_address[1]}/", dir=served,
@@ -143,15 +145,89 @@ def test_keep_archives_keeps_the_verified_archive(source, server, tmp_path):
     assert (root / ARCHIVES["jnd"]).read_bytes() == archive.read_bytes()
 
 
-def test_tree_without_marker_is_replaced_by_a_complete_one(source, tmp_path):
+def _snapshot(root):
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else None for p in Path(root).rglob("*")}
+
+
+@pytest.mark.parametrize("layout", ["lpips", "hand"])
+def test_tree_on_disk_is_used_as_it_is_and_never_touched(source, server, tmp_path, capsys, layout):
+    """LPIPS's layout (2afc/val, no markers) or ours extracted by hand: no download, no change, user files kept."""
+    for part in ARCHIVES:
+        _build_archive(source, part, server.dir / ARCHIVES[part])
+    root = make_bapps(tmp_path / "root", n_2afc=2, n_jnd=3, size=8, splits=("val", "jnd"), layout=layout, seed=5)
+    val = root / ("2afc/val" if layout == "lpips" else "val")
+    (val / "cnn" / "ref" / "my_notes.txt").write_text("the user's own file")
+    (root / "jnd/val/cnn/p0/000000.png").write_bytes(b"a user's edit")
+    before = _snapshot(root)
+    assert main(["--root", str(root), "--parts", "val", "jnd", "--url", server.url]) == 0
+    assert f"val: already present in {val}" in capsys.readouterr().out
+    for download in (True, False):
+        data = dataset_collector("BAPPS", "val", subsplit="cnn", root=root, download=download, load_size=8)
+        assert len(data) == 2 and torch.equal(data[1]["p1"], _pixels(val / "cnn/p1/000001.png"))
+        assert len(dataset_collector("BAPPS", "jnd/val", root=root, download=download)) == 6
+    sets = experiment.bapps_sets(root, ["val"], ["color"], download=True)
+    assert [(d, s, len(x)) for d, s, x in sets] == [("2afc", "color", 2)]
+    assert server.state.requests == [] and _snapshot(root) == before
+
+
+def test_missing_subsplit_is_one_error_listing_those_present(server, tmp_path):
+    root = make_bapps(tmp_path / "root", n_2afc=1, size=8, splits=("val",), layout="lpips",
+                      subsplits=("traditional", "cnn"))
+    for download in (False, True):
+        with pytest.raises(DatasetError) as error:
+            dataset_collector("BAPPS", "val", root=root, download=download)
+        text = str(error.value)
+        assert str(root / "2afc/val/superres") in text and "--subsplits traditional cnn" in text
+    assert server.state.requests == []
+
+
+def test_our_own_extraction_writes_its_marker_and_a_stale_marker_alone_is_not_a_part(source, server, tmp_path):
     root = tmp_path / "root"
-    (root / "jnd/val/cnn/p0").mkdir(parents=True)
-    (root / "jnd/val/cnn/p0/stale.png").write_bytes(b"left by an interrupted run")
-    _build_archive(source, "jnd", root / ARCHIVES["jnd"])
-    assert fetch_part(root, "jnd")
+    root.mkdir()
+    marker_path(root, "jnd").write_text("left without its folder")
+    _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
+    assert fetch_part(root, "jnd", url=server.url)
+    assert _files(root, "jnd") == _files(source, "jnd") and "jnd.tar.gz" in marker_path(root, "jnd").read_text()
+    assert not fetch_part(root, "jnd", url=server.url) and len(server.state.requests) == 1
+
+
+def test_download_that_is_not_gzip_is_deleted_and_a_rerun_fetches_again(source, server, tmp_path, capsys):
+    (server.dir / ARCHIVES["jnd"]).write_bytes(b"<!DOCTYPE html><html>Access denied</html>")
+    root = tmp_path / "root"
+    assert main(["--root", str(root), "--parts", "jnd", "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert "not a gzip archive" in err and "<!DOCTYPE html>" in err and server.url + ARCHIVES["jnd"] in err
+    assert os.listdir(root) == []
+    _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
+    assert main(["--root", str(root), "--parts", "jnd", "--url", server.url]) == 0
     assert _files(root, "jnd") == _files(source, "jnd")
-    assert sorted(p.name for p in root.iterdir()) == [".complete-jnd", "jnd"]
-    assert not fetch_part(root, "jnd")
+
+
+def test_transfer_cut_without_length_is_deleted_and_a_rerun_completes(source, server, tmp_path, capsys):
+    _build_archive(source, "val", server.dir / ARCHIVES["val"])
+    server.state.no_length, server.state.cuts_left = True, 1
+    root = tmp_path / "root"
+    assert main(["--root", str(root), "--parts", "val", "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert str(root / ARCHIVES["val"]) in err and "deleted" in err
+    assert os.listdir(root) == []
+    assert main(["--root", str(root), "--parts", "val", "--url", server.url]) == 0
+    assert _files(root, "val") == _files(source, "val")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("BAPPS_RETRIES", "three"), ("BAPPS_RETRIES", "-1"), ("BAPPS_RETRIES", "1.5"),
+    ("BAPPS_RETRY_DELAY", "soon"), ("BAPPS_RETRY_DELAY", "-2"), ("BAPPS_RETRY_DELAY", "nan"),
+    ("BAPPS_RETRY_DELAY", "inf"),
+])
+def test_bad_retry_settings_are_usage_errors(tmp_path, monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    for cli in (main, experiment.main):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(["--data-root" if cli is experiment.main else "--root", str(tmp_path / "root")])
+        assert exit_info.value.code == 2
+        assert f"${name}={value!r}" in capsys.readouterr().err
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize("ignore_range", [False, True], ids=["resume", "server-ignores-range"])

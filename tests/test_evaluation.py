@@ -294,6 +294,8 @@ def test_interrupted_run_keeps_finished_sets_and_resumes(torch_home, bapps, tmp_
     (["--splits", "jnd", "--subsplits", "superres"], "valid: traditional cnn"),
     (["--net", "resnet"], "unknown network 'resnet'"),
     (["--limit", "0"], "--limit must be at least 1"),
+    (["--device", "mps"], "--device mps: MPS (Apple GPU) is not available here; use auto, cpu, cuda or cuda:N"),
+    (["--device", "xla"], "--device xla: xla devices are not supported"),
 ])
 def test_impossible_flags_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -309,6 +311,22 @@ def test_weights_that_do_not_fit_the_method_fail_before_any_result(torch_home, b
     assert not (tmp_path / "results.csv").exists()
 
 
+def test_damaged_weights_files_are_one_line_errors(torch_home, bapps, tmp_path, monkeypatch, capsys):
+    linear = tmp_path / "lin.pth"
+    linear.write_bytes(b"")
+    assert run(["--variant", "lin", "--lpips-weights", str(linear)], bapps, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read weights file {linear} (EOFError)") and err.count("\n") == 1
+    backbone = tmp_path / "home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    backbone.parent.mkdir(parents=True)
+    backbone.write_bytes(open(torch_home["alex"], "rb").read()[:1000])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    assert run(["--splits", "jnd"], bapps, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert str(backbone) in err and "delete it and download it again" in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
 def test_missing_dataset_without_download_names_the_fix(tmp_path, capsys):
     assert main(["--data-root", str(tmp_path / "none"), "--no-download", "--out", str(tmp_path)]) == 1
     assert "python dataset_collector.py" in capsys.readouterr().err
@@ -317,7 +335,9 @@ def test_missing_dataset_without_download_names_the_fix(tmp_path, capsys):
 def test_trained_weights_file_gives_its_version(torch_home, bapps, tmp_path):
     path = tmp_path / "lin_alex" / "version_3" / "lin.pth"
     path.parent.mkdir(parents=True)
-    torch.save(experiment.DistanceMetric("alex", lin=True).lpips_state_dict(), path)
+    trained = experiment.DistanceMetric("alex", lin=True)
+    trained.clamp_weights()  # as training leaves them: LPIPS weights are >= 0
+    torch.save(trained.lpips_state_dict(), path)
     args = ["--variant", "lin", "--lpips-weights", str(path), "--splits", "jnd", "--limit", "4"]
     assert run(args, bapps, tmp_path / "out") == 0
     assert {(r["variant"], r["version"], r["n"]) for r in read_csv(tmp_path / "out")} == {("lin", "3", "4")}

@@ -62,8 +62,8 @@ def test_run_writes_one_grid_per_layer_and_prints_the_paths(torch_home, folder, 
     feature_map.main(["--image-dir", str(folder), "--image", "3ring", "color", "--network", "alexnet",
                       "--out", str(out), "--max-channels", "8", "--show"])
     printed = capsys.readouterr().out.split()
-    assert printed == [str(out / f"3ring_color_alex_layer{k}.png") for k in range(5)]
-    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in printed)
+    assert printed == [str(out / "x" / f"3ring_color_alex_layer{k}.png") for k in range(5)]
+    assert os.listdir(out) == ["x"] and sorted(os.listdir(out / "x")) == sorted(os.path.basename(p) for p in printed)
     for path in printed:
         with Image.open(path) as picture:
             assert picture.format == "PNG"
@@ -86,7 +86,62 @@ def test_compare_needs_equal_sizes(torch_home, folder, tmp_path):
     args = ["--path", str(folder / "y/dots.png"), "--out", str(tmp_path / "maps"), "--compare", str(other)]
     with pytest.raises(SystemExit, match=r"\(40, 40\).*--size"):
         feature_map.main(args)
+    assert not (tmp_path / "maps").exists()
     feature_map.main(args + ["--size", "40", "--max-channels", "1"])
+
+
+def test_equal_file_names_in_different_folders_do_not_overwrite_each_other(torch_home, tmp_path, capsys):
+    for seed, sub in enumerate(("rotate", "translate")):
+        save_texture(tmp_path / "images" / sub / "clouds.png", seed)
+    out = tmp_path / "maps"
+    for sub in ("rotate", "translate"):
+        feature_map.main(["--image-dir", str(tmp_path / "images"), "--image", f"{sub}/clouds", "--out", str(out),
+                          "--max-channels", "2", "--compare", str(tmp_path / "images" / sub / "clouds.png")])
+    printed = capsys.readouterr().out.split()
+    assert len(set(printed)) == len(printed) == 2 * 6
+    assert str(out / "translate" / "clouds_vs_translate-clouds_alex_spatial_norm.png") in printed
+    first = {p: open(p, "rb").read() for p in printed[:5]}
+    second = {p: open(p, "rb").read() for p in printed[6:11]}
+    assert all(data != second[p.replace("rotate", "translate")] for p, data in first.items())
+
+
+def test_second_image_is_checked_before_anything_is_written(torch_home, folder, tmp_path):
+    out = tmp_path / "maps"
+    with pytest.raises(SystemExit, match=r"^feature_map.py: error: cannot read image .*missing.png"):
+        feature_map.main(["--path", str(folder / "y/dots.png"), "--out", str(out),
+                          "--compare", str(tmp_path / "missing.png")])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--size", "0"], "argument --size: must be at least 1, got 0"),
+    (["--size", "-2"], "argument --size: must be at least 1, got -2"),
+    (["--max-channels", "0"], "argument --max-channels: must be at least 1, got 0"),
+    (["--device", "mps"], "argument --device: mps: MPS (Apple GPU) is not available here"),
+])
+def test_bad_size_or_device_is_a_usage_error(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        feature_map.main(["--path", "any.png", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unwritable_out_and_damaged_weights_are_one_line_errors(torch_home, folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))
+    (tmp_path / "a_file").write_text("")
+    args = ["--path", str(folder / "y/dots.png")]
+    with pytest.raises(SystemExit, match=r"^feature_map.py: error: --out .*a_file is a file, not a folder"):
+        feature_map.main(args + ["--out", str(tmp_path / "a_file" / "maps")])
+    weights = tmp_path / "weights" / "alexnet-owt-7be5be79.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(open(torch_home["alex"], "rb").read()[:2000])
+    with pytest.raises(SystemExit, match=rf"^feature_map.py: error: cannot read weights file {weights} .*again"):
+        feature_map.main(args + ["--out", str(tmp_path / "maps"), "--weights-dir", str(weights.parent)])
+    # FeatureExtractor's refusal of an image smaller than the network takes is a ValueError
+    monkeypatch.setattr(DistanceMetric, "features", lambda *a: (_ for _ in ()).throw(
+        ValueError("images of 8x8 pixels are smaller than alex takes: at least 31x31")))
+    with pytest.raises(SystemExit, match=r"^feature_map.py: error: images of 8x8 pixels .* at least 31x31$"):
+        feature_map.main(args + ["--out", str(tmp_path / "maps"), "--size", "8"])
+    assert not (tmp_path / "maps").exists()
 
 
 def test_channel_mosaic_stretches_each_channel_and_caps_the_count():

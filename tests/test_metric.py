@@ -211,3 +211,82 @@ def test_returned_layer_is_not_overwritten_by_an_inplace_relu(torch_home):
     """Layer 0 is AlexNet's first conv; the in-place ReLU after it must not clip the returned map."""
     conv, relu = FeatureExtractor("alex", layers=[0, 1])(images(17))
     assert (conv < 0).any() and torch.equal(relu, conv.clamp_min(0))
+
+
+def test_nan_pixels_are_counted_and_located(torch_home):
+    x = images(18, n=4)
+    x[1, 0, 3, 3] = x[3, 2, 0, 0] = x[3, 1, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"3 NaN values, in batch items 1, 3 \(of 4\)"):
+        DistanceMetric("alex")(x, images(19, n=4))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_infinite_pixels_give_no_rescaling_hint(torch_home, value):
+    x = images(20)
+    x[0, 1, 2, 2] = value
+    with pytest.raises(ValueError, match=r"1 infinite value, in batch items 0 \(of 2\)") as error:
+        DistanceMetric("alex")(images(21), x)
+    assert "255" not in str(error.value) and "rescale" not in str(error.value)
+
+
+def test_float64_input_is_cast_and_double_metric_computes_in_float64(torch_home):
+    x0, x1 = images(22), images(23)
+    metric = DistanceMetric("alex", method="spatial+sort")
+    single = metric(x0, x1)
+    cast = metric(x0.double(), x1.double())
+    assert cast.dtype == torch.float32 and torch.equal(cast, single)
+    metric.double()
+    double = metric(x0.double(), x1.double())
+    assert double.dtype == torch.float64
+    f0, f1 = reference_features("alex", torch_home["alex"], x0), reference_features("alex", torch_home["alex"], x1)
+    # 1e-7, not float64's 1e-15: the normalisation constants are kept as float32 values
+    assert_close(double, reference_distance(f0, f1, "spatial+sort", True), rtol=1e-7)
+
+
+def test_empty_batch_gives_an_empty_result(torch_home):
+    empty = torch.rand(0, 3, 48, 48)
+    for metric in (DistanceMetric("squeeze"), DistanceMetric("alex", method="spatial+mean", lin=True)):
+        d = metric(empty, empty)
+        assert d.shape == (0,) and d.dtype == torch.float32
+    together = DistanceMetric("alex").all_methods(empty, empty)
+    assert set(together) == set(ALL_CONFIGS) and all(d.shape == (0,) for d in together.values())
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf")])
+def test_negative_or_non_finite_linear_weights_are_refused(torch_home, tmp_path, value):
+    state = DistanceMetric("alex", lin=True).lpips_state_dict()
+    for weight in state.values():
+        weight.fill_(0.1)
+    state["lin2.model.1.weight"][0, 7] = value
+    path = tmp_path / "lin.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"{path}: lin2.model.1.weight has negative or non-finite values"):
+        DistanceMetric("alex", lin=True, lpips_weights=str(path))
+
+
+def damaged_weights(kind, good, path):
+    """A weights file that torch.load cannot give a state dict from: written to `path`, returned."""
+    data = open(good, "rb").read()
+    content = {"empty": b"", "garbage": b"not a checkpoint at all\n", "html": b"<!DOCTYPE html><html></html>",
+               "truncated": data[: len(data) // 2]}.get(kind)
+    if content is None:
+        torch.save({"list": [1, 2]} if kind == "not-tensors" else torch.ones(3), path)
+    else:
+        path.write_bytes(content)
+    return path
+
+
+DAMAGE = ("empty", "garbage", "html", "truncated", "not-tensors", "a-tensor")
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_weights_file_names_the_file_and_the_fix(torch_home, tmp_path, kind):
+    backbone = damaged_weights(kind, torch_home["alex"], tmp_path / "alexnet-owt-7be5be79.pth")
+    with pytest.raises(ValueError, match="delete it and download it again") as error:
+        DistanceMetric("alex", weights=str(backbone))
+    assert str(backbone) in str(error.value) and "\n" not in str(error.value)
+    official = DistanceMetric("alex", lin=True, lpips_weights="official").lpips_state_dict()
+    torch.save(official, tmp_path / "good_lin.pth")
+    linear = damaged_weights(kind, tmp_path / "good_lin.pth", tmp_path / "lin.pth")
+    with pytest.raises(ValueError, match=f"{linear}.*delete it and download it again"):
+        DistanceMetric("alex", lin=True, lpips_weights=str(linear))
