@@ -22,8 +22,8 @@ part's folder make the whole archive an error. Each part is extracted into
 ``ROOT/.extract-<part>``, its layout checked, moved into place in one rename (so an
 interrupted extraction leaves no part folder and is redone), and only then is the marker
 ``ROOT/.complete-<part>`` (part: ``train``, ``val``, ``jnd``) written, recording this
-tool's extraction. The archive is deleted after extraction unless ``--keep-archives``; a
-downloaded archive that cannot be extracted is deleted too (one placed by hand is kept).
+tool's extraction. A downloaded archive is deleted after extraction unless
+``--keep-archives``, and also when it cannot be extracted; one placed by hand is never deleted.
 
 A part whose folder is on disk, in this layout or LPIPS's (``ROOT/2afc/{train,val}``,
 ``ROOT/jnd/val``), whoever extracted it, is used as it is: never fetched again, nothing
@@ -389,8 +389,9 @@ def fetch_part(root, part, url=None, keep_archive=False, retries=None, retry_del
     """Make ``part`` (train, val, jnd) present under ``root``; False if its folder already was.
 
     A folder already on disk, in either layout, is used as it is: never downloaded again,
-    never replaced. An archive that fails extraction is kept when it was placed by hand
-    (the error says to delete it) and deleted when this call downloaded it.
+    never replaced. An archive placed by hand is never deleted (when it fails extraction the
+    error says to delete it); one this call downloaded is deleted after extraction unless
+    `keep_archive`, and when it fails extraction.
     """
     if part not in ARCHIVES:
         raise ValueError(f"unknown BAPPS part {part!r}; valid parts: {', '.join(ARCHIVES)}")
@@ -411,7 +412,7 @@ def fetch_part(root, part, url=None, keep_archive=False, retries=None, retry_del
         archive.unlink()
         raise type(err)(f"{err}; the downloaded file was deleted: rerun to download it again, or check "
                         f"the base URL (--url / $BAPPS_URL)") from err
-    if not keep_archive:
+    if downloaded and not keep_archive:
         archive.unlink()
     return True
 
@@ -545,7 +546,8 @@ def main(argv=None):
     parser.add_argument("--url", default=None,
                         help=f"base URL of the archives (default: $BAPPS_URL or {BASE_URL})")
     parser.add_argument("--keep-archives", action="store_true",
-                        help="keep the .tar.gz files after extraction (default: delete them)")
+                        help="keep the downloaded .tar.gz files after extraction (default: delete them; "
+                             "an archive placed by hand is always kept)")
     args = parser.parse_args(argv)
     try:
         retry_settings()

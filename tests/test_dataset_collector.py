@@ -318,6 +318,16 @@ def test_link_inside_the_part_is_extracted(source, tmp_path, kind, linkname):
     assert alias.read_bytes() == (source / "val/traditional/p0/000000.png").read_bytes()
 
 
+def test_an_archive_placed_by_hand_is_extracted_and_kept(source, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = _build_archive(source, "jnd", root / ARCHIVES["jnd"])
+    placed = archive.read_bytes()
+    assert fetch_part(root, "jnd")
+    assert archive.read_bytes() == placed
+    assert sorted((root / "jnd/val").iterdir()) == [root / "jnd/val/cnn", root / "jnd/val/traditional"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "bad-checksum", "wrong-archive"])
 def test_damaged_or_wrong_archive_is_an_error(source, tmp_path, capsys, damage):
     root = tmp_path / "root"

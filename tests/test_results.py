@@ -1,5 +1,4 @@
 """results.csv never serves stale numbers: rows are reused only on the same data and weights."""
-import csv
 import shutil
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import torch
 
 import experiment
 from bapps_fake import make_bapps
-from experiment import main, results_table
+from experiment import results_table
 from test_evaluation import read_csv, run, table_cells, table_row
 
 
