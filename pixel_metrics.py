@@ -26,7 +26,9 @@ Images are float tensors in [0, 1], (N, 3, H, W), RGB, as everywhere in this pro
     PixelMetric("ssim", "Lab")(x0, x1)   # == lpips.DSSIM(colorspace="Lab") on 2x - 1, image by image
 
 The split into `features` (per image: colour conversion, SSIM's local statistics) and
-`distance` (per pair) lets a 2AFC reference serve both of its comparisons.
+`distance` (per pair) lets a 2AFC reference serve both of its comparisons; `views` and
+`compare` are the interface of experiment.py's evaluation (as `DistanceMetric`'s), so
+`python experiment.py --net l2 ssim` scores these like any configuration.
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,10 +37,7 @@ import torch
 import torch.nn as nn
 from scipy.ndimage import uniform_filter
 
-from experiment import check_images, check_same_shape
-
-PIXEL_METRICS = ("l2", "ssim")
-COLORSPACES = ("Lab", "RGB")
+from experiment import COLORSPACES, PIXEL_METRICS, check_images, check_same_shape
 
 # scikit-image's rgb2lab: sRGB (D65) -> XYZ, and the D65 white of the 2-degree observer
 XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
@@ -136,37 +135,45 @@ def ssim(stats0, stats1, data_range):
 class PixelMetric(nn.Module):
     """L2 or DSSIM between image batches in [0, 1], LPIPS's definitions: `metric(x0, x1)` -> (N,) float32."""
 
-    def __init__(self, metric="l2", colorspace="Lab"):
+    def __init__(self, net="l2", colorspace="Lab"):
         super().__init__()
-        if metric not in PIXEL_METRICS:
-            raise ValueError(f"unknown pixel metric {metric!r}; expected one of {', '.join(PIXEL_METRICS)}")
+        if net not in PIXEL_METRICS:
+            raise ValueError(f"unknown pixel metric {net!r}; expected one of {', '.join(PIXEL_METRICS)}")
         if colorspace not in COLORSPACES:
             raise ValueError(f"unknown colour space {colorspace!r}; expected one of {', '.join(COLORSPACES)}")
-        self.metric, self.colorspace = metric, colorspace
+        self.net, self.colorspace, self.normalize = net, colorspace, colorspace.lower()
 
     def features(self, x):
         """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU)."""
         check_images(x, "images")
-        if self.metric == "ssim" and min(x.shape[-2:]) < SSIM_WINDOW:
+        if self.net == "ssim" and min(x.shape[-2:]) < SSIM_WINDOW:
             raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than SSIM's "
                              f"{SSIM_WINDOW}x{SSIM_WINDOW} window: use images of at least that size")
         x = x.detach().cpu()
-        if self.metric == "l2" and self.colorspace == "RGB":
+        if self.net == "l2" and self.colorspace == "RGB":
             return x.mul(2).sub_(1)
-        if self.metric == "l2":
+        if self.net == "l2":
             return rgb8_to_lab(to_8bit(x)).div_(LAB_RANGE)
         return ssim_stats(rgb8_to_lab(to_8bit(x)) if self.colorspace == "Lab" else to_8bit(x).double())
 
     def distance(self, f0, f1):
         """Distance (N,) float32 between two images' `features`, rounded as LPIPS rounds it."""
-        if self.metric == "l2" and self.colorspace == "RGB":
+        if self.net == "l2" and self.colorspace == "RGB":
             return (f0 - f1).square_().mean(1).mean(1).mean(1).float()  # lpips.L2's order of means
-        if self.metric == "l2":
+        if self.net == "l2":
             # numpy's float32 mean over LPIPS's (H, W, 3) array, in its pairwise order
             squares = (f0 - f1).square_().permute(0, 2, 3, 1).flatten(1).numpy()
             return 0.5 * torch.from_numpy(squares.mean(1))
         similarity = ssim(f0, f1, LAB_RANGE if self.colorspace == "Lab" else RGB_RANGE)
         return ((1 - similarity) / 2).float()
+
+    def views(self, feats, configs):
+        """The evaluation's per-image step (`experiment.batch_distances`): the features themselves."""
+        return feats
+
+    def compare(self, v0, v1, configs):
+        """{config: distances (N,)} for the evaluation; a pixel metric has one configuration."""
+        return dict.fromkeys(configs, self.distance(v0, v1))
 
     def forward(self, x0, x1):
         check_same_shape(x0, x1)

@@ -1,4 +1,5 @@
-"""pixel_metrics against LPIPS's own L2 and DSSIM models and scikit-image, image by image.
+"""pixel_metrics against LPIPS's own L2 and DSSIM models and scikit-image, image by image,
+and `experiment.py --net l2 ssim` against lpips's scoring of those models' values.
 
 lpips.DSSIM calls `skimage.measure.compare_ssim`, which scikit-image removed; the
 `lpips_ssim` fixture puts today's `structural_similarity(..., channel_axis=-1)` under
@@ -12,7 +13,10 @@ import torch
 from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 
+from bapps_fake import make_bapps
+from experiment import main
 from pixel_metrics import COLORSPACES, PIXEL_METRICS, PixelMetric, rgb8_to_lab, ssim, ssim_stats, to_8bit
+from test_evaluation import expected_scores, read_csv, run
 
 LPIPS_MODELS = {"l2": lpips.L2, "ssim": lpips.DSSIM}
 
@@ -133,3 +137,59 @@ def test_bad_names_and_inputs_say_what_to_do():
         PixelMetric("l2")(x, torch.rand(1, 3, 16, 8))
     with pytest.raises(ValueError, match="smaller than SSIM's 7x7 window"):
         PixelMetric("ssim")(x[..., :6], x[..., :6])
+
+
+# ---------------------------------------------------------------- the BAPPS evaluation
+
+
+@pytest.fixture(scope="module")
+def bapps(tmp_path_factory):
+    """18 triplets (3 per 2AFC subsplit) and 12 pairs (6 per JND subsplit) of 64x64 patches."""
+    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=3, n_jnd=6, splits=("val", "jnd")))
+
+
+def pixel_scores(rows, net, normalize):
+    """{(dataset, subsplit, measure): value} of one pixel metric's rows, checking their other columns."""
+    mine = [r for r in rows if (r["net"], r["normalize"]) == (net, normalize)]
+    assert {(r["layers"], r["variant"], r["method"], r["channel_norm"], r["version"], r["limit"], r["weights"])
+            for r in mine} == {("-", "-", "-", "-", "0", "all", "-")}
+    return {(r["dataset"], r["subsplit"], r["measure"]): float(r["value"]) for r in mine}
+
+
+def test_cli_scores_equal_lpips_scoring_of_lpips_models(lpips_ssim, bapps, tmp_path):
+    assert run(["--net", "l2", "ssim"], bapps, tmp_path) == 0
+    assert run(["--net", "ssim", "l2", "--colorspace", "RGB"], bapps, tmp_path) == 0
+    rows = read_csv(tmp_path)
+    assert len(rows) == 4 * (6 * 2 + 2)
+    assert {(r["dataset"], r["n"]) for r in rows} == {("2afc", "3"), ("jnd", "6")}
+    for net in PIXEL_METRICS:
+        for colorspace in COLORSPACES:
+            expected = expected_scores(bapps, lambda x: [x], lambda f0, f1: {
+                (): lpips_values(net, colorspace, f0[0], f1[0])})
+            ours = pixel_scores(rows, net, colorspace.lower())
+            assert ours.keys() == expected.keys()
+            for key, value in expected.items():
+                assert ours[key] == pytest.approx(value, abs=1e-9), (net, colorspace, key)
+
+
+def test_pixel_rows_beside_a_network_come_first_and_are_not_recomputed(torch_home, bapps, tmp_path, monkeypatch,
+                                                                       capsys):
+    args = ["--subsplits", "traditional", "--limit", "2"]
+    assert run(["--net", "alex", "ssim", *args], bapps, tmp_path) == 0
+    table = (tmp_path / "results.md").read_text()
+    nets = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+    assert nets == ["ssim", "alex"]
+    assert "| ssim | - | - | - | - | lab | 2 | - | 1 |" in table
+    before = (tmp_path / "results.csv").read_bytes()
+
+    monkeypatch.setattr(PixelMetric, "features", lambda *_: pytest.fail("a finished pixel metric ran again"))
+    assert run(["--net", "ssim", *args], bapps, tmp_path) == 0
+    assert "ssim: every requested result is already in" in capsys.readouterr().out
+    assert (tmp_path / "results.csv").read_bytes() == before
+
+
+def test_pixel_metrics_refuse_training(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--net", "alex", "l2", "ssim", "--variant", "lin", "--train"])
+    assert exit_info.value.code == 2
+    assert "l2 and ssim have nothing to train: evaluate them in a run without --train" in capsys.readouterr().err
