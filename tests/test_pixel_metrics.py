@@ -2,8 +2,9 @@
 and `experiment.py --net l2 ssim` against lpips's scoring of those models' values.
 
 lpips.DSSIM calls `skimage.measure.compare_ssim`, which scikit-image removed; the
-`lpips_ssim` fixture puts today's `structural_similarity(..., channel_axis=-1)` under
-that name, so the lpips code path itself runs.
+`lpips_ssim` fixture puts `pixel_metrics.compare_ssim` (today's
+`structural_similarity(..., channel_axis=-1)`) under that name, so the lpips code path
+itself runs.
 """
 import lpips
 import numpy as np
@@ -15,15 +16,11 @@ from skimage.metrics import structural_similarity
 
 from bapps_fake import make_bapps
 from experiment import main
-from pixel_metrics import COLORSPACES, PIXEL_METRICS, PixelMetric, rgb8_to_lab, ssim, ssim_stats, to_8bit
+from pixel_metrics import (COLORSPACES, PIXEL_METRICS, PixelMetric, compare_ssim, rgb8_to_lab, ssim, ssim_stats,
+                           to_8bit)
 from test_evaluation import expected_scores, read_csv, run
 
 LPIPS_MODELS = {"l2": lpips.L2, "ssim": lpips.DSSIM}
-
-
-def compare_ssim(im1, im2, data_range=None, multichannel=False):
-    """The removed skimage.measure.compare_ssim, as lpips.dssim calls it, by its current name."""
-    return structural_similarity(im1, im2, data_range=data_range, channel_axis=-1 if multichannel else None)
 
 
 @pytest.fixture
@@ -74,40 +71,40 @@ def test_near_identical_images_are_where_the_float32_rounding_matters(lpips_ssim
     x0, x1 = x0[-6:], x1[-6:]
     theirs = lpips_values("ssim", "Lab", x0, x1)
     assert max_relative(PixelMetric("ssim", "Lab")(x0, x1), theirs) <= 1e-6
-    lab0, lab1 = (rgb8_to_lab(to_8bit(x)).double() for x in (x0, x1))
+    lab0, lab1 = (rgb8_to_lab(to_8bit(x.numpy())).astype(np.float64) for x in (x0, x1))
     in_float64 = (1 - ssim(ssim_stats(lab0), ssim_stats(lab1), 100.0)) / 2
-    assert max_relative(in_float64, theirs) > 1e-6
+    assert max_relative(torch.from_numpy(in_float64), theirs) > 1e-6
 
 
 def test_to_8bit_is_lpips_tensor2im():
     grid = torch.arange(256, dtype=torch.float32) / 255  # PNG levels: some land one below after 2x - 1
     x = torch.cat([grid, torch.rand(4000, generator=torch.Generator().manual_seed(1))]).view(1, 1, 1, -1)
     x = x.expand(1, 3, 1, -1)
-    assert np.array_equal(to_8bit(x)[0].permute(1, 2, 0).numpy(), lpips.tensor2im(2 * x - 1))
-    assert (to_8bit(grid.view(1, 1, 1, -1).expand(1, 3, 1, -1)).flatten().long()
-            != torch.arange(256).repeat(3)).any()
+    assert np.array_equal(to_8bit(x.numpy())[0].transpose(1, 2, 0), lpips.tensor2im(2 * x - 1))
+    assert (to_8bit(grid.numpy()) != np.arange(256)).any()
 
 
 def test_lab_is_scikit_image_rgb2lab_rounded_to_float32():
     g = torch.Generator().manual_seed(2)
-    colours = torch.randint(0, 256, (4, 3, 16, 16), generator=g, dtype=torch.uint8)
-    grays = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)  # a, b near 0
+    colours = torch.randint(0, 256, (4, 3, 16, 16), generator=g, dtype=torch.uint8).numpy()
+    grays = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16), (1, 3, 16, 16))  # a, b near 0
     for rgb8 in (colours, grays):
-        theirs = rgb2lab(rgb8.permute(0, 2, 3, 1).numpy()).astype(np.float32)
-        assert np.array_equal(rgb8_to_lab(rgb8).permute(0, 2, 3, 1).numpy(), theirs)
+        theirs = rgb2lab(rgb8.transpose(0, 2, 3, 1)).astype(np.float32)
+        assert np.array_equal(rgb8_to_lab(rgb8).transpose(0, 2, 3, 1), theirs)
 
 
-@pytest.mark.parametrize("dtype, data_range, rtol", [(torch.float32, 100.0, 0), (torch.float64, 255.0, 1e-14)])
+@pytest.mark.parametrize("dtype, data_range, rtol", [(np.float32, 100.0, 0), (np.float64, 255.0, 1e-14)])
 def test_ssim_is_structural_similarity(dtype, data_range, rtol):
     # float32 (the Lab path) to the bit; float64 up to the order of its final float64 means
-    g = torch.Generator().manual_seed(3)
-    a = (torch.rand(3, 3, 20, 24, generator=g) * data_range).to(dtype)
-    b = (a + torch.randn(3, 3, 20, 24, generator=g) * data_range / 20).to(dtype)
+    rng = np.random.default_rng(3)
+    a = rng.random((3, 3, 20, 24)) * data_range
+    a, b = a.astype(dtype), (a + rng.normal(size=a.shape) * data_range / 20).astype(dtype)
     ours = ssim(ssim_stats(a), ssim_stats(b), data_range)
+    assert ours.dtype == dtype
     for i in range(len(a)):
-        theirs = structural_similarity(a[i].permute(1, 2, 0).numpy(), b[i].permute(1, 2, 0).numpy(),
+        theirs = structural_similarity(a[i].transpose(1, 2, 0), b[i].transpose(1, 2, 0),
                                        data_range=data_range, channel_axis=-1)
-        assert ours[i].item() == pytest.approx(theirs, rel=rtol, abs=0)
+        assert ours[i] == pytest.approx(theirs, rel=rtol, abs=0)
 
 
 @pytest.mark.parametrize("name", PIXEL_METRICS)
