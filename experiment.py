@@ -574,8 +574,8 @@ def run_columns(net, args, version=0):
 def config_row(run, config, dataset, subsplit, n):
     """The key columns of a results row, as written in results.csv."""
     method, norm = config
-    return {**run, "method": method, "channel_norm": {True: "true", False: "false"}.get(norm, norm), "dataset": dataset,
-            "subsplit": subsplit, "n": str(n)}
+    norm = {True: "true", False: "false"}.get(norm, norm)  # a pixel metric's is NOT_APPLICABLE
+    return {**run, "method": method, "channel_norm": norm, "dataset": dataset, "subsplit": subsplit, "n": str(n)}
 
 
 def result_key(row):
@@ -799,8 +799,8 @@ def check_args(args):
     """Raise ValueError, saying the fix, for flags that cannot run together."""
     pixel = [net for net in args.net if net in PIXEL_METRICS]
     if pixel and args.train:
-        raise ValueError(f"--train trains networks; {' and '.join(pixel)} have nothing to train: "
-                         f"evaluate them in a run without --train")
+        raise ValueError(f"--train trains networks; the pixel metrics ({', '.join(pixel)}) have nothing to "
+                         f"train: evaluate them in a run without --train")
     if args.variant in ("tune", "scratch") and not args.train:
         raise ValueError(f"--variant {args.variant} trains the backbone: it needs --train")
     if args.variant == "baseline" and args.lpips_weights:

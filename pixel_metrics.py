@@ -137,7 +137,11 @@ def compare_ssim(im1, im2, data_range=None, multichannel=False):
 
 
 class PixelMetric(nn.Module):
-    """L2 or DSSIM between image batches in [0, 1], LPIPS's definitions: `metric(x0, x1)` -> (N,) float32."""
+    """L2 or DSSIM between image batches in [0, 1], LPIPS's definitions: `metric(x0, x1)` -> (N,) float32.
+
+    A measurement, not a loss: like LPIPS's, the values go through 8-bit images and
+    numpy, so no gradient flows back to the images.
+    """
 
     def __init__(self, net="l2", colorspace="Lab"):
         super().__init__()

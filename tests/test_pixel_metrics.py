@@ -189,4 +189,5 @@ def test_pixel_metrics_refuse_training(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--net", "alex", "l2", "ssim", "--variant", "lin", "--train"])
     assert exit_info.value.code == 2
-    assert "l2 and ssim have nothing to train: evaluate them in a run without --train" in capsys.readouterr().err
+    assert "pixel metrics (l2, ssim) have nothing to train: evaluate them in a run without --train" in \
+        capsys.readouterr().err
