@@ -14,9 +14,15 @@ and the ratios 2/1, 4/2, 3/2, 5/3. Weights are random unless the ImageNet files 
 cached; lpips gets our backbone weights, so its distances must equal ours (shown as
 the largest relative difference).
 
+`--pixel N` also times the pixel metrics (l2, ssim in Lab and RGB) on N generated 2AFC
+triplets: ours as the evaluation computes them (batches of B, each reference once)
+against LPIPS's own `lpips.L2` / `lpips.DSSIM`, one pair at a time as its scorer runs
+them (they accept batch size 1 only), with the largest relative difference again.
+
     python bench.py                      # alex, B=50, 64x64, CPU
     python bench.py --net alex squeeze vgg --size 256 --device cuda --json
     python bench.py --end-to-end 100     # + experiment.py's evaluation, all ten vs one configuration
+    python bench.py --pixel 1000         # + L2 and DSSIM on 1,000 triplets, ours vs lpips's batch-size-1 path
 """
 import argparse
 import json
@@ -25,10 +31,13 @@ import tempfile
 import time
 import warnings
 
+import skimage.measure
 import torch
 
-from experiment import ALL_CONFIGS, PAIRS, DistanceMetric, bapps_sets, batch_distances, evaluate, make_loader
+from experiment import (ALL_CONFIGS, COLORSPACES, PAIRS, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, bapps_sets,
+                        batch_distances, evaluate, make_loader)
 from loss_networks import build_classifier, canonical_net, checkpoint_path
+from pixel_metrics import PixelMetric, compare_ssim
 from tests.bapps_fake import make_bapps
 
 
@@ -45,6 +54,9 @@ def parse_args(argv=None):
                         help="also time the BAPPS evaluation of experiment.py (all ten configurations vs "
                              "spatial with channel norm) on a generated BAPPS tree of N examples per subsplit")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for --end-to-end")
+    parser.add_argument("--pixel", type=int, metavar="N", default=0,
+                        help="also time l2 and ssim (Lab, RGB) on N 2AFC triplets against lpips.L2 / lpips.DSSIM "
+                             "one pair at a time (the README's numbers: --pixel 1000)")
     return parser.parse_args(argv)
 
 
@@ -137,6 +149,55 @@ def bench_end_to_end(net, args, device):
             "ratio": seconds["all ten"] / seconds["spatial, norm on"]}
 
 
+def pixel_triplet_distances(metric, ref, p0, p1, batch):
+    """[d0, d1] of a PixelMetric on 2AFC triplets, batch by batch as experiment.py's evaluation computes them."""
+    configs = {PIXEL_CONFIG: metric}
+    parts = [batch_distances(configs, {"ref": r, "p0": a, "p1": b}, PAIRS["2afc"])[PIXEL_CONFIG]
+             for r, a, b in zip(ref.split(batch), p0.split(batch), p1.split(batch))]
+    return [torch.cat(d) for d in zip(*parts)]
+
+
+def lpips_triplet_distances(model, ref, p0, p1):
+    """[d0, d1] of lpips.L2 or lpips.DSSIM on 2AFC triplets, one pair at a time as LPIPS's scorer calls them."""
+    pairs = [(model(2 * r - 1, 2 * a - 1), model(2 * r - 1, 2 * b - 1))
+             for r, a, b in zip(ref.split(1), p0.split(1), p1.split(1))]
+    return [torch.cat([d.flatten() for d in ds]) for ds in zip(*pairs)]
+
+
+def timed(fn):
+    """(fn(), wall seconds it took)."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def bench_pixel(args):
+    """Seconds for N 2AFC triplets of each pixel metric, ours (batches of B) vs lpips's models (batch size 1).
+
+    The triplets are 8-bit images, as BAPPS's PNG files load; both sides run on the CPU.
+    """
+    import lpips
+    if not hasattr(skimage.measure, "compare_ssim"):
+        skimage.measure.compare_ssim = compare_ssim  # lpips.dssim imports this removed name
+    generator = torch.Generator().manual_seed(0)
+    triplet = [torch.randint(0, 256, (args.pixel, 3, args.size, args.size), generator=generator) / 255
+               for _ in range(3)]
+    rows = []
+    for net in PIXEL_METRICS:
+        for colorspace in COLORSPACES:
+            model = {"l2": lpips.L2, "ssim": lpips.DSSIM}[net](use_gpu=False, colorspace=colorspace)
+            with torch.inference_mode():
+                ours, seconds_ours = timed(lambda: pixel_triplet_distances(
+                    PixelMetric(net, colorspace), *triplet, args.batch))
+                theirs, seconds_lpips = timed(lambda: lpips_triplet_distances(model, *triplet))
+            ours, theirs = torch.cat(ours), torch.cat(theirs)
+            rows.append({"net": net, "colorspace": colorspace, "triplets": args.pixel, "size": args.size,
+                         "threads": torch.get_num_threads(), "seconds": {"ours": seconds_ours, "lpips": seconds_lpips},
+                         "lpips/ours": seconds_lpips / seconds_ours,
+                         "max_rel_diff_vs_lpips": ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()})
+    return rows
+
+
 def markdown(rows):
     """The results as a markdown table."""
     names = list(rows[0]["ms"])
@@ -158,10 +219,17 @@ def main(argv=None):
     nets = [canonical_net(net) for net in args.net]
     rows = [bench_net(net, args, device) for net in nets]
     end_to_end = [bench_end_to_end(net, args, device) for net in nets] if args.end_to_end else []
+    pixel = bench_pixel(args) if args.pixel else []
     if args.json:
-        print(json.dumps({"batch": rows, "end_to_end": end_to_end}, indent=2))
+        print(json.dumps({"batch": rows, "end_to_end": end_to_end, "pixel": pixel}, indent=2))
         return
     print(markdown(rows))
+    if pixel:
+        print("\n| metric | colorspace | triplets | ours s | lpips s | lpips/ours | max rel diff vs lpips |\n"
+              "|---|---|---|---|---|---|---|")
+    for row in pixel:
+        print(f"| {row['net']} | {row['colorspace']} | {row['triplets']} | {row['seconds']['ours']:.2f} | "
+              f"{row['seconds']['lpips']:.2f} | {row['lpips/ours']:.1f} | {row['max_rel_diff_vs_lpips']:.1e} |")
     for row in end_to_end:
         print(f"\nend to end, {row['net']}, {row['examples']} BAPPS examples: "
               + ", ".join(f"{name} {s:.1f} s" for name, s in row["seconds"].items())

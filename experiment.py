@@ -22,6 +22,10 @@ BAPPS train, then evaluates each trained version the same way:
 
 The training itself lives in `training.py`, imported only by `--train`, so that
 `from experiment import DistanceMetric` stays light (no Lightning).
+
+`--net l2 ssim` (alone or beside networks) adds the classic rows of the LPIPS paper,
+L2 and DSSIM in `--colorspace Lab` or `RGB` (`pixel_metrics.py`, imported only then),
+scored by the same evaluation.
 """
 import argparse
 import csv
@@ -360,6 +364,12 @@ def voc_ap(recall, precision):
 
 VARIANTS = ("baseline", "lin", "tune", "scratch")
 CHANNEL_NORMS = {"on": (True,), "off": (False,), "both": (True, False)}
+PIXEL_METRICS = ("l2", "ssim")  # nets without a backbone: LPIPS's L2 and DSSIM (pixel_metrics.py)
+COLORSPACES = ("Lab", "RGB")
+# results.csv value of the columns that do not apply to a pixel metric (layers, variant, method,
+# channel_norm, weights); its one configuration
+NOT_APPLICABLE = "-"
+PIXEL_CONFIG = (NOT_APPLICABLE, NOT_APPLICABLE)
 BAPPS_SETS = {"val": ("2afc", "val"), "jnd": ("jnd", "jnd/val")}  # --splits name: (dataset column, BAPPS split)
 PAIRS = {"2afc": (("ref", "p0"), ("ref", "p1")), "jnd": (("p0", "p1"),)}
 LABELS = {"2afc": "judge", "jnd": "same"}
@@ -371,14 +381,18 @@ def requested_configs(methods, channel_norm="on"):
     return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
 
 
-def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None):
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, colorspace="Lab"):
     """{(method, channel_norm): DistanceMetric} for `configs`, all running one FeatureExtractor.
 
-    One baseline metric computes every configuration. `lin` needs a metric per
+    A pixel metric (`l2`, `ssim`) is a `pixel_metrics.PixelMetric` in `colorspace`
+    instead. One baseline metric computes every configuration. `lin` needs a metric per
     configuration for its linear weights (`lpips_weights`, loaded strictly into each);
     they all run the first one's backbone, so each image still goes through it once
     (the others' copies, read from the memory-mapped weights file, are dropped).
     """
+    if net in PIXEL_METRICS:
+        from pixel_metrics import PixelMetric  # scipy, only when asked for
+        return dict.fromkeys(configs, PixelMetric(net, colorspace))
     if variant == "baseline":
         return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize))
     if variant != "lin":
@@ -483,7 +497,7 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
     `args.overwrite` recomputes everything.
     """
     path = results_path(args.out)
-    configs = requested_configs(args.method, args.channel_norm)
+    configs = [PIXEL_CONFIG] if net in PIXEL_METRICS else requested_configs(args.method, args.channel_norm)
     done = set() if args.overwrite else {result_key(row) for row in read_results(path)}
     run = run_columns(net, args, version)
     todo = []
@@ -497,7 +511,7 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
         return
     needed = list(dict.fromkeys(config for *_, missing in todo for config in missing))
     metrics = build(needed) if build is not None else build_metrics(
-        net, args.variant, needed, args.normalize, args.lpips_weights)
+        net, args.variant, needed, args.normalize, args.lpips_weights, args.colorspace)
     for metric in metrics.values():
         metric.to(device).eval()
     for dataset, subsplit, data, missing in todo:
@@ -517,12 +531,13 @@ KEY_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("measu
 OLD_FILE_DEFAULTS = {"layers": lambda row: layers_text(DEFAULT_LAYERS.get(row["net"], ())),
                      "limit": lambda row: "unknown", "weights": lambda row: "unknown"}
 TABLE_KEY = ("net", "layers", "variant", "method", "channel_norm", "normalize", "limit", "weights")
-TABLE_ORDER = {"net": tuple(NETWORKS), "variant": VARIANTS, "method": METHODS,
+TABLE_ORDER = {"net": (*PIXEL_METRICS, *NETWORKS), "variant": VARIANTS, "method": METHODS,
                "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
 TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
               "a configuration with several trained versions shows mean ± standard deviation over them. "
               "examples: all, or the first N of each set (--limit); weights: the backbone file and the linear "
-              "weights, each with the start of its SHA-256.")
+              "weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
+              f"where '{NOT_APPLICABLE}' marks what does not apply to them.")
 
 
 def results_path(out):
@@ -575,6 +590,10 @@ def weights_identity(net, lpips_weights=None, weights=None, pretrained=True, see
 
 def run_columns(net, args, version=0):
     """The columns every results row of one evaluation of `net` with the flags `args` shares."""
+    if net in PIXEL_METRICS:  # no backbone: nothing trained, no layers, variant or weights
+        return {"net": net, "layers": NOT_APPLICABLE, "variant": NOT_APPLICABLE,
+                "normalize": args.colorspace.lower(), "version": "0",
+                "limit": "all" if args.limit is None else str(args.limit), "weights": NOT_APPLICABLE}
     return {"net": net, "layers": layers_text(DEFAULT_LAYERS[net]), "variant": args.variant,
             "normalize": args.normalize, "version": str(version),
             "limit": "all" if args.limit is None else str(args.limit),
@@ -585,8 +604,8 @@ def run_columns(net, args, version=0):
 def config_row(run, config, dataset, subsplit, n):
     """The key columns of a results row, as written in results.csv."""
     method, norm = config
-    return {**run, "method": method, "channel_norm": "true" if norm else "false", "dataset": dataset,
-            "subsplit": subsplit, "n": str(n)}
+    norm = {True: "true", False: "false"}.get(norm, norm)  # a pixel metric's is NOT_APPLICABLE
+    return {**run, "method": method, "channel_norm": norm, "dataset": dataset, "subsplit": subsplit, "n": str(n)}
 
 
 def result_key(row):
@@ -748,7 +767,8 @@ def build_parser():
                     "table to OUT/results.md.")
     parser.add_argument("--net", nargs="+", default=["alex"], metavar="NET",
                         help="loss networks: alex, squeeze, vgg (or alexnet, squeezenet, squeezenet1_1, vgg16); "
-                             "default: alex")
+                             "and the pixel metrics l2, ssim (LPIPS's L2 and DSSIM, see --colorspace), alone or "
+                             "beside networks; default: alex")
     parser.add_argument("--method", nargs="+", default=["spatial"], choices=[*METHODS, "all"], metavar="METHOD",
                         help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
                              f"default: spatial")
@@ -760,6 +780,11 @@ def build_parser():
                              "tune, scratch: trained backbones, need --train (default: %(default)s)")
     parser.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
                         help="input normalisation; lpips: the one LPIPS's weights were trained with "
+                             "(default: %(default)s)")
+    parser.add_argument("--colorspace", choices=COLORSPACES, default="Lab",
+                        help="where the pixel metrics l2 and ssim compare, as LPIPS's --colorspace: Lab (the 8-bit "
+                             "image in CIE Lab, range 100) or RGB; their rows have normalize lab or rgb and "
+                             f"'{NOT_APPLICABLE}' in layers, variant, method, channel_norm and weights "
                              "(default: %(default)s)")
     parser.add_argument("--lpips-weights", metavar="PATH|official",
                         help="linear weights for --variant lin: 'official' (LPIPS v0.1, shipped with the lpips "
@@ -793,7 +818,7 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.net = list(dict.fromkeys(canonical_net(net) for net in args.net))
+        args.net = list(dict.fromkeys(net if net in PIXEL_METRICS else canonical_net(net) for net in args.net))
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
@@ -802,6 +827,10 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Raise ValueError, saying the fix, for flags that cannot run together."""
+    pixel = [net for net in args.net if net in PIXEL_METRICS]
+    if pixel and args.train:
+        raise ValueError(f"--train trains networks; the pixel metrics ({', '.join(pixel)}) have nothing to "
+                         f"train: evaluate them in a run without --train")
     if args.variant in ("tune", "scratch") and not args.train:
         raise ValueError(f"--variant {args.variant} trains the backbone: it needs --train")
     if args.variant == "baseline" and args.lpips_weights:
