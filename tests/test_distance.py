@@ -149,9 +149,10 @@ def test_all_configs_over_folders_one_row_per_pair_and_configuration(torch_home,
     assert code == 0 and rows[0] == HEADER and len(rows) == 1 + 10 * len(PAIRED)
     assert "distance mean ± standard deviation" in err  # rows on stdout: the summary goes to stderr
     metric = DistanceMetric()
+    expected = {name: metric.all_methods(*(loaded(os.path.join(folder, name)) for folder in folders))
+                for name in PAIRED}
     for row in rows[1:]:
-        expected = metric.all_methods(*(loaded(os.path.join(folder, row[0])) for folder in folders))
-        assert_close(torch.tensor([float(row[2])]), expected[row[6], row[7] == "true"], rtol=1e-6)
+        assert_close(torch.tensor([float(row[2])]), expected[row[0]][row[6], row[7] == "true"], rtol=1e-6)
     assert {(row[6], row[7]) for row in rows[1:]} == {(m, str(n).lower()) for m, n in ALL_CONFIGS}
 
 
