@@ -461,8 +461,9 @@ def parse_args(argv=None):
                         help="with --all-pairs: also draw the matrix as a PNG heat map (default file: --out with "
                              "the suffix .png)")
     config = parser.add_argument_group("metric", "as experiment.py's flags (one network here)")
-    config.add_argument("--net", default="alex", help="alex, squeeze, vgg (or alexnet, squeezenet, "
-                                                      "squeezenet1_1, vgg16); default: alex")
+    config.add_argument("--net", default="alex",
+                        help="the loss network, a name experiment.py's --net takes (alex, squeeze, vgg, ...); "
+                             "default: alex")
     config.add_argument("--layers", nargs="+", type=int, metavar="N",
                         help="extraction points of the network (default: the LPIPS layers)")
     config.add_argument("--method", nargs="+", choices=[*METHODS, "all"], metavar="METHOD",
