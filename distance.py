@@ -214,7 +214,8 @@ def auto_workers(batches, device):
 
 def load_metrics(args, device):
     """{(method, channel_norm): DistanceMetric} for the flags, sharing one backbone, on `device`."""
-    metrics = build_metrics(args.net, args.variant, args.configs, args.normalize, args.lpips_weights, args.layers)
+    metrics = build_metrics(args.net, args.variant, args.configs, args.normalize, args.lpips_weights,
+                            layers=args.layers)
     for metric in dict.fromkeys(metrics.values()):
         metric.to(device).eval()
     return metrics
