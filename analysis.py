@@ -48,7 +48,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from dataset_collector import load_image
+from dataset_collector import image_files, load_image
 from experiment import CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, requested_configs, write_atomic
 from loss_networks import NETWORKS, WeightsUnavailableError, canonical_net, checkpoint_path
 
@@ -59,7 +59,6 @@ OUTPUTS = ("results.csv", "summary.csv", "summary.md", "summary.png")
 RULE_REFS = "closer_than_refs"
 RULE_OTHER = "closer_than:"
 REF_FOLDER = "ref"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class AnalysisError(ValueError):
@@ -78,16 +77,6 @@ class Case:
     def other(self):
         """The variant a `closer_than:` rule compares against, else None."""
         return self.rule[len(RULE_OTHER):] if self.rule.startswith(RULE_OTHER) else None
-
-
-def image_files(folder, root=None):
-    """Image files under `folder`, as sorted '/'-separated paths relative to `root` (default `folder`)."""
-    root = folder if root is None else root
-    found = []
-    for parent, _, names in os.walk(folder):
-        found += [os.path.relpath(os.path.join(parent, name), root).replace(os.sep, "/")
-                  for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found)
 
 
 def read_manifest(image_dir):

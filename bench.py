@@ -23,22 +23,67 @@ them (they accept batch size 1 only), with the largest relative difference again
     python bench.py --net alex squeeze vgg --size 256 --device cuda --json
     python bench.py --end-to-end 100     # + experiment.py's evaluation, all ten vs one configuration
     python bench.py --pixel 1000         # + L2 and DSSIM on 1,000 triplets, ours vs lpips's batch-size-1 path
+    python bench.py --folder 600 --vgg512 16   # + distance.py (see below)
+
+--folder N times distance.py on two folders of N pairs of 64x64 PNGs with the official
+LPIPS configuration (alex), startup excluded, against the lpips package used as its
+lpips_2dirs.py uses it (each file read as RGB with PIL, lpips.im2tensor, one forward per
+pair, a text line per pair), the best of three runs each. Beside it: decoding the 2N files
+alone and the metric alone on the decoded batches; a pipeline that overlaps the two
+takes less than their sum. Then `python distance.py A B` against an lpips_2imgs.py
+equivalent, each a fresh process, wall time and peak memory, best of three (alternating).
+--vgg512 N times N pairs of 512x512 PNGs with vgg (official LPIPS) per pair, and the peak
+memory of a `python distance.py DIR0 DIR1` process over them (the peak RSS; on CUDA the
+peak allocated GPU memory too). Without cached ImageNet weights these sections write
+random weights to a temporary TORCH_HOME: the times are the same.
 """
 import argparse
+import contextlib
+import csv
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
+import numpy as np
 import skimage.measure
 import torch
+from PIL import Image
 
+import distance
+from dataset_collector import load_image
 from experiment import (ALL_CONFIGS, COLORSPACES, PAIRS, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, bapps_sets,
                         batch_distances, evaluate, make_loader)
 from loss_networks import build_classifier, canonical_net, checkpoint_path
 from pixel_metrics import PixelMetric, compare_ssim
 from tests.bapps_fake import make_bapps
+
+FOLDER_RUNS = 3  # runs of each folder contender and of each fresh process (the minimum is reported)
+OFFICIAL = ["--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips"]
+LPIPS_2IMGS = """\
+import sys
+import lpips
+import numpy as np
+from PIL import Image
+loss_fn = lpips.LPIPS(net="alex", version="0.1")
+img0, img1 = (lpips.im2tensor(np.array(Image.open(path).convert("RGB"))) for path in sys.argv[1:3])
+print("Distance: %.3f" % loss_fn.forward(img0, img1))
+"""
+# runs a script (argv[1]) and reports its peak memory: VmHWM is this process's own high-water mark, while
+# ru_maxrss would count the benchmark's memory too, which a forked child carries until it execs
+WITH_PEAK_RSS = """\
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        sys.stderr.write("\\n" + next(line for line in status if line.startswith("VmHWM:")))
+atexit.register(report)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def parse_args(argv=None):
@@ -57,6 +102,11 @@ def parse_args(argv=None):
     parser.add_argument("--pixel", type=int, metavar="N", default=0,
                         help="also time l2 and ssim (Lab, RGB) on N 2AFC triplets against lpips.L2 / lpips.DSSIM "
                              "one pair at a time (the README's numbers: --pixel 1000)")
+    parser.add_argument("--folder", type=int, metavar="N", default=0,
+                        help="also time distance.py on two folders of N pairs of 64x64 PNGs against the lpips "
+                             "package's lpips_2dirs.py loop, and its two-file startup against lpips_2imgs.py")
+    parser.add_argument("--vgg512", type=int, metavar="N", default=0,
+                        help="also time distance.py on N pairs of 512x512 PNGs with vgg: per pair, peak memory")
     return parser.parse_args(argv)
 
 
@@ -196,6 +246,177 @@ def bench_pixel(args):
                          "lpips/ours": seconds_lpips / seconds_ours,
                          "max_rel_diff_vs_lpips": ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()})
     return rows
+# ---------------------------------------------------------------- distance.py
+
+
+@contextlib.contextmanager
+def weights_home(nets, folder):
+    """TORCH_HOME with weights for `nets`: the cached ImageNet files, else random ones written to `folder`."""
+    if all(os.path.isfile(checkpoint_path(net)) for net in nets):
+        yield "imagenet"
+        return
+    saved = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(folder)
+    try:
+        for net in nets:
+            Path(checkpoint_path(net)).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(build_classifier(net, pretrained=False).state_dict(), checkpoint_path(net))
+        yield "random"
+    finally:
+        if saved is None:
+            del os.environ["TORCH_HOME"]
+        else:
+            os.environ["TORCH_HOME"] = saved
+
+
+def write_pairs(root, count, size, seed=0):
+    """Folders root/dir0, root/dir1 of `count` PNG pairs: smooth colour fields with pixel noise, like photos."""
+    rng = np.random.default_rng(seed)
+    for folder in ("dir0", "dir1"):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size),
+                                                                                              Image.BICUBIC)
+            pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / folder / f"{i:05d}.png")
+    return str(root / "dir0"), str(root / "dir1")
+
+
+def lpips_2dirs(model, dir0, dir1, out, device):
+    """The loop of lpips_2dirs.py (PIL instead of OpenCV, same bytes): its distances, in its file order."""
+    import lpips
+    distances = []
+    with open(out, "w") as file, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # formatting its grad-requiring distance, as the script does
+        for name in os.listdir(dir0):
+            if os.path.exists(os.path.join(dir1, name)):
+                img0, img1 = (lpips.im2tensor(np.array(Image.open(os.path.join(d, name)).convert("RGB"))).to(device)
+                              for d in (dir0, dir1))
+                dist01 = model.forward(img0, img1)
+                file.writelines("%s: %.6f\n" % (name, dist01))
+                distances.append((name, dist01.item()))
+    return dict(distances)
+
+
+def ours_2dirs(metrics, dir0, dir1, out, device):
+    """distance.py DIR0 DIR1 --out OUT with the network already loaded: its distances by file name."""
+    args = distance.parse_args([dir0, dir1, *OFFICIAL, "--out", str(out), "--device", str(device)])
+    names = distance.paired_names(dir0, dir1)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        distance.two_folders(args, metrics, dir0, dir1, names, device)
+    with open(out, newline="") as file:
+        return {row["path0"]: float(row["distance"]) for row in csv.DictReader(file)}
+
+
+def decode_and_compute(metrics, dir0, dir1, device, batch=50):
+    """Seconds to decode every file of both folders alone, and of the metric alone on the decoded batches."""
+    names = sorted(os.listdir(dir0))
+    start = time.perf_counter()
+    images = [[load_image(os.path.join(d, name)) for name in names] for d in (dir0, dir1)]
+    decode = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(names), batch):
+            x0, x1 = (torch.stack(side[i: i + batch]).to(device) for side in images)
+            batch_distances(metrics, {"0": x0, "1": x1}, [("0", "1")])[next(iter(metrics))][0].cpu()
+    return decode, time.perf_counter() - start
+
+
+def best_of(runs, fn):
+    """(minimum seconds, last result) of `runs` calls of fn()."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def child_run(script, argv):
+    """(wall seconds, peak RSS in MiB) of a fresh Python process running `script` with `argv` here (Linux)."""
+    command = [sys.executable, "-c", WITH_PEAK_RSS, script, *map(str, argv)]
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{script} {' '.join(map(str, argv))} failed:\n{done.stderr[-2000:]}")
+    return seconds, int(done.stderr.split("VmHWM:")[-1].split()[0]) / 1024  # kB
+
+
+def bench_folder(args, device, root):
+    """distance.py vs the lpips package on N pairs of 64x64 PNGs, and the two-file startup of both."""
+    dir0, dir1 = write_pairs(root, args.folder, 64)
+    metrics = distance.load_metrics(distance.parse_args([dir0, dir1, *OFFICIAL]), device)
+    package = lpips_package("alex", next(iter(metrics.values())), device)
+    ours_s, ours = best_of(FOLDER_RUNS, lambda: ours_2dirs(metrics, dir0, dir1, root / "ours.csv", device))
+    theirs_s, theirs = best_of(FOLDER_RUNS, lambda: lpips_2dirs(package, dir0, dir1, root / "lpips.txt", device))
+    decode_s, compute_s = decode_and_compute(metrics, dir0, dir1, device)
+    agreement = max(abs(ours[name] - theirs[name]) / abs(theirs[name]) for name in theirs)
+    pair = [os.path.join(dir0, "00000.png"), os.path.join(dir1, "00000.png")]
+    (root / "lpips_2imgs.py").write_text(LPIPS_2IMGS)
+    startup = {"distance.py": [], "lpips_2imgs.py": []}
+    for _ in range(FOLDER_RUNS):
+        startup["distance.py"].append(child_run("distance.py", pair))
+        startup["lpips_2imgs.py"].append(child_run(str(root / "lpips_2imgs.py"), pair))
+    return {"pairs": args.folder, "device": str(device), "threads": torch.get_num_threads(),
+            "seconds": {"distance.py": ours_s, "lpips_2dirs.py loop": theirs_s, "decode alone": decode_s,
+                        "metric alone": compute_s},
+            "ms_per_pair": {"distance.py": 1000 * ours_s / args.folder,
+                            "lpips_2dirs.py loop": 1000 * theirs_s / args.folder},
+            "speedup": theirs_s / ours_s, "max_rel_diff_vs_lpips": agreement,
+            "two_files": {name: {"seconds": min(s for s, _ in runs), "peak_rss_mib": max(m for _, m in runs)}
+                          for name, runs in startup.items()}}
+
+
+def bench_vgg512(args, device, root):
+    """distance.py on N pairs of 512x512 PNGs with vgg: ms per pair (startup excluded) and peak memory."""
+    dir0, dir1 = write_pairs(root, args.vgg512, 512)
+    flags = [dir0, dir1, "--net", "vgg", *OFFICIAL, "--device", str(device)]
+    metrics = distance.load_metrics(distance.parse_args(flags), device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, _ = best_of(1, lambda: ours_2dirs(metrics, dir0, dir1, root / "vgg.csv", device))
+    result = {"pairs": args.vgg512, "device": str(device), "ms_per_pair": 1000 * seconds / args.vgg512}
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    result["process_seconds"], result["peak_rss_mib"] = child_run("distance.py", [*flags, "--out", root / "vgg.csv"])
+    return result
+
+
+def distance_report(folder, vgg512):
+    """The distance.py sections as text."""
+    lines = []
+    if folder:
+        s, ms = folder["seconds"], folder["ms_per_pair"]
+        lines += [f"\ndistance.py, {folder['pairs']} pairs of 64x64 PNGs, official LPIPS (alex), {folder['device']}, "
+                  f"{folder['threads']} threads, startup excluded, best of {FOLDER_RUNS}:",
+                  f"  lpips_2dirs.py loop {s['lpips_2dirs.py loop']:.2f} s ({ms['lpips_2dirs.py loop']:.2f} ms/pair), "
+                  f"distance.py {s['distance.py']:.2f} s ({ms['distance.py']:.2f} ms/pair): "
+                  f"{folder['speedup']:.2f}x faster per pair; max rel diff {folder['max_rel_diff_vs_lpips']:.1e}",
+                  f"  decode alone {s['decode alone']:.2f} s + metric alone {s['metric alone']:.2f} s = "
+                  f"{s['decode alone'] + s['metric alone']:.2f} s sequentially; the pipeline {s['distance.py']:.2f} s",
+                  "two files, a fresh process each, best of {}: ".format(FOLDER_RUNS) + ", ".join(
+                      f"{name} {v['seconds']:.2f} s (peak RSS {v['peak_rss_mib']:.0f} MiB)"
+                      for name, v in folder["two_files"].items())]
+    if vgg512:
+        gpu = f", peak GPU memory {vgg512['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in vgg512 else ""
+        lines.append(f"\ndistance.py, {vgg512['pairs']} pairs of 512x512 PNGs, vgg, official LPIPS, {vgg512['device']}: "
+                     f"{vgg512['ms_per_pair']:.0f} ms per pair (startup excluded){gpu}; the whole process "
+                     f"{vgg512['process_seconds']:.1f} s, peak RSS {vgg512['peak_rss_mib']:.0f} MiB")
+    return "\n".join(lines)
+
+
+def bench_distance(args, device):
+    """The --folder and --vgg512 sections (({...} or None) each), on generated PNGs in a temporary folder."""
+    nets = ["alex"] * bool(args.folder) + ["vgg"] * bool(args.vgg512)
+    with tempfile.TemporaryDirectory() as tmp, weights_home(nets, Path(tmp) / "torch_home") as weights:
+        folder = bench_folder(args, device, Path(tmp) / "folder") if args.folder else None
+        vgg512 = bench_vgg512(args, device, Path(tmp) / "vgg512") if args.vgg512 else None
+    for section in (folder, vgg512):
+        if section:
+            section["weights"] = weights
+    return folder, vgg512
 
 
 def markdown(rows):
@@ -222,6 +443,9 @@ def main(argv=None):
     pixel = bench_pixel(args) if args.pixel else []
     if args.json:
         print(json.dumps({"batch": rows, "end_to_end": end_to_end, "pixel": pixel}, indent=2))
+    folder, vgg512 = bench_distance(args, device) if args.folder or args.vgg512 else (None, None)
+    if args.json:
+        print(json.dumps({"batch": rows, "end_to_end": end_to_end, "folder": folder, "vgg512": vgg512}, indent=2))
         return
     print(markdown(rows))
     if pixel:
@@ -234,6 +458,8 @@ def main(argv=None):
         print(f"\nend to end, {row['net']}, {row['examples']} BAPPS examples: "
               + ", ".join(f"{name} {s:.1f} s" for name, s in row["seconds"].items())
               + f"; ratio {row['ratio']:.2f}")
+    if folder or vgg512:
+        print(distance_report(folder, vgg512))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ A part whose folder is on disk, in this layout or LPIPS's (``ROOT/2afc/{train,va
 of it deleted or replaced.
 
 ``dataset_collector("BAPPS", split, ...)`` returns the datasets described in DESIGN.md,
-and ``load_image`` is the one image-file loader of the project.
+``load_image`` is the one image-file loader of the project and ``image_files`` the one
+folder listing of image files.
 """
 import argparse
 import gzip
@@ -132,6 +133,19 @@ def _pil_to_tensor(im):
         return gray.clamp_(0, 1).expand(3, -1, -1).contiguous()
     rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float() / 255
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_files(folder, root=None):
+    """Image files under `folder`, as sorted '/'-separated paths relative to `root` (default `folder`)."""
+    root = folder if root is None else root
+    found = []
+    for parent, _, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(parent, name), root).replace(os.sep, "/")
+                  for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
 
 
 # ---------------------------------------------------------------- download

@@ -28,6 +28,7 @@ L2 and DSSIM in `--colorspace Lab` or `RGB` (`pixel_metrics.py`, imported only t
 scored by the same evaluation.
 """
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -147,7 +148,9 @@ class LinearLayer(nn.Module):
 
     def forward(self, diff):
         dropout, conv = self.model
-        return F.linear(dropout(diff).mean((2, 3)), conv.weight.flatten(1)).flatten()
+        # under torch.autocast the linear map would run (and return) in half precision; distances stay float32
+        with torch.autocast(diff.device.type, enabled=False):
+            return F.linear(dropout(diff).float().mean((2, 3)), conv.weight.flatten(1).float()).flatten()
 
 
 def official_lpips_path(net):
@@ -381,7 +384,7 @@ def requested_configs(methods, channel_norm="on"):
     return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
 
 
-def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, colorspace="Lab"):
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, colorspace="Lab", layers=None):
     """{(method, channel_norm): DistanceMetric} for `configs`, all running one FeatureExtractor.
 
     A pixel metric (`l2`, `ssim`) is a `pixel_metrics.PixelMetric` in `colorspace`
@@ -394,12 +397,13 @@ def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=Non
         from pixel_metrics import PixelMetric  # scipy, only when asked for
         return dict.fromkeys(configs, PixelMetric(net, colorspace))
     if variant == "baseline":
-        return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize))
+        return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize, layers=layers))
     if variant != "lin":
         raise ValueError(f"variant {variant!r} trains the network: it needs --train")
     metrics = {}
     for method, norm in configs:
-        metric = DistanceMetric(net, method, norm, lin=True, normalize=normalize, lpips_weights=lpips_weights)
+        metric = DistanceMetric(net, method, norm, lin=True, normalize=normalize, lpips_weights=lpips_weights,
+                                layers=layers)
         if metrics:
             metric.net = next(iter(metrics.values())).net
         metrics[method, norm] = metric
@@ -421,13 +425,23 @@ def batch_distances(metrics, images, pairs):
     weights, all sharing one FeatureExtractor: each image goes through it once and its
     views are made once, whatever the number of pairs and configurations.
     """
-    feature_metric, configs = _shared_feature_metric(metrics), list(metrics)
-    views = {name: feature_metric.views(feature_metric.features(images[name]), configs)
+    views = {name: metrics_views(metrics, images[name])
              for name in dict.fromkeys(name for pair in pairs for name in pair)}
+    return compare_views(metrics, views, pairs)
+
+
+def metrics_views(metrics, x):
+    """The views of images `x` that every configuration of `metrics` needs, from one backbone pass."""
+    feature_metric = _shared_feature_metric(metrics)
+    return feature_metric.views(feature_metric.features(x), list(metrics))
+
+
+def compare_views(metrics, views, pairs):
+    """{config: [distances (N,) per pair]} between precomputed views ({name: `metrics_views`})."""
     groups = {}
     for config, metric in metrics.items():
         groups.setdefault(id(metric), (metric, []))[1].append(config)
-    distances = {config: [None] * len(pairs) for config in configs}
+    distances = {config: [None] * len(pairs) for config in metrics}
     for metric, group in groups.values():
         for i, (a, b) in enumerate(pairs):
             for config, d in metric.compare(views[a], views[b], group).items():
@@ -681,12 +695,23 @@ def write_atomic(path, data):
 
     An interrupted or failed write leaves the old file as it was and no temporary file.
     """
+    with atomic_open(path) as file:
+        file.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb", **kwargs):
+    """`open` a temporary file beside `path` and rename it over `path` when the block ends without error.
+
+    An interrupted or failed block leaves the old file as it was and no temporary file,
+    so output written piece by piece is complete or absent.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as file:
-            file.write(data.encode() if isinstance(data, str) else data)
+        with open(tmp, mode, **kwargs) as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
