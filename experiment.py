@@ -262,6 +262,8 @@ class DistanceMetric(nn.Module):
     def views(self, feats, configs):
         """{(part, channel_norm): per-layer tensors} for every part the configurations need."""
         needed = {(part, norm) for method, norm in configs for part in PARTS[method]}
+        # half-precision activations (torch.autocast) would overflow in channel norm's sum of squares
+        feats = [f.float() if f.dtype in (torch.float16, torch.bfloat16) else f for f in feats]
         out = {}
         for part in dict.fromkeys(part for part, _ in sorted(needed)):
             raw = [transform(f, part) for f in feats]

@@ -290,3 +290,11 @@ def test_damaged_weights_file_names_the_file_and_the_fix(torch_home, tmp_path, k
     linear = damaged_weights(kind, tmp_path / "good_lin.pth", tmp_path / "lin.pth")
     with pytest.raises(ValueError, match=f"{linear}.*delete it and download it again"):
         DistanceMetric("alex", lin=True, lpips_weights=str(linear))
+
+
+def test_half_precision_activations_are_compared_in_float32(torch_home):
+    """Under float16 autocast a channel's sum of squares over 65504 would be inf and zero the view."""
+    metric = DistanceMetric("alex")
+    big = [torch.full((1, 4, 2, 2), 1000.0, dtype=torch.float16)]
+    (view,) = metric.views(big, [("spatial", True)])["spatial", True]
+    assert view.dtype == torch.float32 and torch.allclose(view, torch.full_like(view, 0.5))
