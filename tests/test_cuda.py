@@ -68,3 +68,23 @@ def test_training_on_one_gpu(torch_home, tmp_path):
                  "--batch-size", "6", "--num-workers", "0", "--logger", "csv", "--splits", "jnd"]) == 0
     assert (tmp_path / "out" / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()
     assert len(read_csv(tmp_path / "out")) == 2
+
+
+def test_distance_over_two_folders_on_cuda_equals_the_package_on_cuda(torch_home, tmp_path, capsys):
+    import lpips
+    import numpy as np
+    from PIL import Image
+    from test_distance import fill, read_csv
+    from test_distance import run as run_distance
+
+    names = [f"{i}.png" for i in range(6)]
+    dir0, dir1 = fill(tmp_path / "gen", 0, names), fill(tmp_path / "gt", 50, names)
+    code, _, _ = run_distance([dir0, dir1, "--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips",
+                               "--device", "cuda", "--out", tmp_path / "pairs.csv"], capsys)
+    assert code == 0
+    package = lpips_reference("alex", torch_home["alex"]).cuda()
+    for row in read_csv(tmp_path / "pairs.csv")[1:]:
+        x0, x1 = (lpips.im2tensor(np.array(Image.open(f"{d}/{row[0]}").convert("RGB"))).cuda() for d in (dir0, dir1))
+        with torch.no_grad():
+            theirs = package(x0, x1).flatten().cpu()
+        assert_close(torch.tensor([float(row[2])]), theirs, rtol=1e-5)
