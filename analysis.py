@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from dataset_collector import ImageLoadError, load_image
 from experiment import CHANNEL_NORMS, METHODS, DistanceMetric, pick_device, requested_configs, write_atomic
-from loss_networks import NETWORKS, WeightsUnavailableError, canonical_net, checkpoint_path
+from loss_networks import LPIPS_NETS, WeightsUnavailableError, canonical_net, checkpoint_path
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
 RESULT_COLUMNS = ("net", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
@@ -313,7 +313,7 @@ def parse_args(argv=None):
     parser.add_argument("--image-dir", default="images",
                         help="folder with manifest.csv and ref/ (default: images)")
     parser.add_argument("--out", default="logs", help="output folder (default: logs)")
-    parser.add_argument("--net", nargs="+", type=network_name, default=list(NETWORKS),
+    parser.add_argument("--net", nargs="+", type=network_name, default=list(LPIPS_NETS),
                         help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16; default: all)")
     parser.add_argument("--method", nargs="+", choices=(*METHODS, "all"), default=["all"], metavar="METHOD",
                         help=f"methods: {', '.join(METHODS)} or all (default: all)")

@@ -158,7 +158,7 @@ class DistanceMetric(nn.Module):
         self._register_input_affine(normalize)
         self.lins = nn.ModuleDict()
         if lin:
-            channels = self._channels()
+            channels = self.net.channels()
             for part in PARTS[method]:
                 self.lins[part] = nn.ModuleList(LinearLayer(c) for c in channels)
             if lpips_weights is not None:
@@ -172,10 +172,6 @@ class DistanceMetric(nn.Module):
         factor, start = (2.0, -1.0) if normalize == "lpips" else (1.0, 0.0)
         self.register_buffer("gain", (factor / std).float(), persistent=False)
         self.register_buffer("offset", ((start - mean) / std).float(), persistent=False)
-
-    def _channels(self):
-        with torch.no_grad():
-            return [f.shape[1] for f in self.net(torch.zeros(1, 3, 64, 64))]
 
     def lpips_state_dict(self):
         """The linear weights in the LPIPS file format (`lin{k}.model.1.weight`)."""
