@@ -25,6 +25,7 @@ The training itself lives in `training.py`, imported only by `--train`, so that
 """
 import argparse
 import csv
+import hashlib
 import io
 import os
 import re
@@ -41,7 +42,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset_collector import SUBSPLITS, DatasetError, dataset_collector
-from loss_networks import NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net, load_state_dict_file
+from loss_networks import (DEFAULT_LAYERS, NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net,
+                            fetch_pretrained, load_state_dict_file)
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -442,15 +444,18 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
 
     `build(configs)` returns {config: metric} (default: `build_metrics` with the flags
     of `args`); it runs only if something is missing, so a finished net is never even
-    loaded. Rows are saved after each set; `args.overwrite` recomputes everything.
+    loaded. A configuration counts as done only when computed on the same data (`n`,
+    `--limit`) with the same weights (`weights_identity`). Rows are saved after each set;
+    `args.overwrite` recomputes everything.
     """
     path = results_path(args.out)
     configs = requested_configs(args.method, args.channel_norm)
     done = set() if args.overwrite else {result_key(row) for row in read_results(path)}
+    run = run_columns(net, args, version)
     todo = []
     for dataset, subsplit, data in sets:
-        missing = [config for config in configs if result_key(
-            config_row(net, args.variant, config, args.normalize, version, dataset, subsplit)) not in done]
+        missing = [config for config in configs
+                   if result_key(config_row(run, config, dataset, subsplit, len(data))) not in done]
         if missing:
             todo.append((dataset, subsplit, data, missing))
     if not todo:
@@ -465,59 +470,143 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
         loader = make_loader(data, args.batch_size, args.num_workers, device)
         scores = evaluate({config: metrics[config] for config in missing}, loader, dataset, device,
                           desc=f"{net} {dataset}/{subsplit}")
-        save_results(path, score_rows(net, args.variant, args.normalize, version, dataset, subsplit,
-                                      scores, len(data)))
+        save_results(path, score_rows(run, dataset, subsplit, scores, len(data)))
 
 
 # ---------------------------------------------------------------- results
 
-RESULT_COLUMNS = ("net", "variant", "method", "channel_norm", "normalize", "version",
-                  "dataset", "subsplit", "measure", "value", "n")
-KEY_COLUMNS = RESULT_COLUMNS[:8]
-TABLE_KEY = ("net", "variant", "method", "channel_norm", "normalize")
+RESULT_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize", "version",
+                  "dataset", "subsplit", "measure", "value", "n", "limit", "weights")
+KEY_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("measure", "value"))
+# what a results.csv written before a column existed means by it: rows that can never be reused
+# (the data and weights they were computed on are unknown), but are kept and shown
+OLD_FILE_DEFAULTS = {"layers": lambda row: layers_text(DEFAULT_LAYERS.get(row["net"], ())),
+                     "limit": lambda row: "unknown", "weights": lambda row: "unknown"}
+TABLE_KEY = ("net", "layers", "variant", "method", "channel_norm", "normalize", "limit", "weights")
 TABLE_ORDER = {"net": tuple(NETWORKS), "variant": VARIANTS, "method": METHODS,
                "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
 TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
-              "a configuration with several versions shows mean ± standard deviation over them.")
+              "a configuration with several trained versions shows mean ± standard deviation over them. "
+              "examples: all, or the first N of each set (--limit); weights: the backbone file and the linear "
+              "weights, each with the start of its SHA-256.")
 
 
 def results_path(out):
     return Path(out) / "results.csv"
 
 
-def config_row(net, variant, config, normalize, version, dataset, subsplit):
+def layers_text(layers):
+    """Extraction points as written in results.csv: `1-4-7-9-11`, `5` for one point."""
+    return "-".join(str(layer) for layer in layers)
+
+
+_FILE_HASHES = {}
+
+
+def file_identity(path):
+    """`<file name>@<first 8 hex digits of its SHA-256>`: names weights by their content."""
+    stat = os.stat(path)
+    cache_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _FILE_HASHES:
+        with open(path, "rb") as file:
+            _FILE_HASHES[cache_key] = hashlib.file_digest(file, "sha256").hexdigest()[:8]
+    return f"{Path(path).name}@{_FILE_HASHES[cache_key]}"
+
+
+def lin_identity(path, lpips_weights):
+    """The linear weights' part of `weights`; a trained version is named by its training's folder."""
+    name = file_identity(path)
+    if lpips_weights == "official":
+        return "official:" + name
+    folder = Path(path).parent
+    return f"{folder.parent.name}/{folder.name}/{name}" if re.fullmatch(r"version_\d+", folder.name) else name
+
+
+def weights_identity(net, lpips_weights=None, weights=None, pretrained=True, seed=0):
+    """What a result was computed with: the backbone weights file (or random init) and the linear weights.
+
+    Files are named by the start of their SHA-256, so a result is reused only for the same weights.
+    """
+    if weights is not None:
+        backbone = file_identity(weights)
+    elif pretrained:
+        backbone = file_identity(fetch_pretrained(net))
+    else:
+        backbone = f"random:seed{seed}"
+    if lpips_weights is None:
+        return backbone
+    path = official_lpips_path(net) if lpips_weights == "official" else lpips_weights
+    return f"{backbone} lin={lin_identity(path, lpips_weights)}"
+
+
+def run_columns(net, args, version=0):
+    """The columns every results row of one evaluation of `net` with the flags `args` shares."""
+    return {"net": net, "layers": layers_text(DEFAULT_LAYERS[net]), "variant": args.variant,
+            "normalize": args.normalize, "version": str(version),
+            "limit": "all" if args.limit is None else str(args.limit),
+            "weights": weights_identity(net, args.lpips_weights, pretrained=args.variant != "scratch",
+                                        seed=args.seed + version)}
+
+
+def config_row(run, config, dataset, subsplit, n):
     """The key columns of a results row, as written in results.csv."""
     method, norm = config
-    return {"net": net, "variant": variant, "method": method, "channel_norm": "true" if norm else "false",
-            "normalize": normalize, "version": str(version), "dataset": dataset, "subsplit": subsplit}
+    return {**run, "method": method, "channel_norm": "true" if norm else "false", "dataset": dataset,
+            "subsplit": subsplit, "n": str(n)}
 
 
 def result_key(row):
-    """What identifies a computed configuration: everything but measure, value and n."""
+    """What identifies a computed configuration, its data and its weights: everything but measure and value."""
     return tuple(row[column] for column in KEY_COLUMNS)
 
 
-def score_rows(net, variant, normalize, version, dataset, subsplit, scores, n):
+def score_rows(run, dataset, subsplit, scores, n):
     """results.csv rows for `evaluate`'s {config: {measure: value}} on one set of n examples."""
-    return [{**config_row(net, variant, config, normalize, version, dataset, subsplit),
-             "measure": measure, "value": repr(value), "n": str(n)}
+    return [{**config_row(run, config, dataset, subsplit, n), "measure": measure, "value": repr(value)}
             for config, measures in scores.items() for measure, value in measures.items()]
 
 
 def read_results(path):
-    """The rows of a results.csv (dicts of strings); [] when there is no file yet."""
+    """The rows of a results.csv (dicts of strings); [] when there is no file yet.
+
+    A file written before a column existed is read with that column's meaning for old
+    rows (`OLD_FILE_DEFAULTS`). A line that is cut, has extra fields or a value that is
+    not a number is an error naming the file and the line: such a file is never used.
+    """
     if not os.path.exists(path):
         return []
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
-        if tuple(reader.fieldnames or ()) != RESULT_COLUMNS:
-            raise ValueError(f"{path} has the columns {reader.fieldnames}, not {','.join(RESULT_COLUMNS)}: "
-                             f"move it away or choose another --out")
-        return list(reader)
+        columns = tuple(reader.fieldnames or ())
+        required = [c for c in RESULT_COLUMNS if c not in OLD_FILE_DEFAULTS]
+        if not set(required) <= set(columns) <= set(RESULT_COLUMNS):
+            raise ValueError(f"{path} has the columns {','.join(columns)}, not {','.join(RESULT_COLUMNS)}: "
+                             f"it is not a results file of this program; move it away or choose another --out")
+        return [checked_row(row, path, reader.line_num, len(columns)) for row in reader]
+
+
+def checked_row(row, path, line, width):
+    """A row of `path` completed with OLD_FILE_DEFAULTS; ValueError naming the line if it is damaged."""
+    if None in row or None in row.values():
+        raise ValueError(f"{path}, line {line}: the line is cut or has extra fields (the header has {width}); "
+                         f"repair or delete that line, or choose another --out")
+    for column, kind in (("value", float), ("n", int)):
+        try:
+            kind(row[column])
+        except ValueError:
+            raise ValueError(f"{path}, line {line}: {column} {row[column]!r} is not a number; repair or delete "
+                             f"that line, or choose another --out") from None
+    for column, default in OLD_FILE_DEFAULTS.items():
+        if column not in row:
+            row[column] = default(row)
+    return row
 
 
 def save_results(path, rows):
-    """Merge `rows` into results.csv (a measurement already there is replaced), atomically."""
+    """Merge `rows` into results.csv (a measurement already there is replaced), atomically.
+
+    A file in an older format is rewritten with every column.
+    """
     merged = read_results(path)
     index = {result_key(row) + (row["measure"],): i for i, row in enumerate(merged)}
     for row in rows:
@@ -567,23 +656,41 @@ def _set_mean(run, dataset):
 
 
 def _table_order(config):
-    return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER[column] else len(TABLE_ORDER[column]),
-                  value) for column, value in zip(TABLE_KEY, config))
+    return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER.get(column, ()) else
+                  len(TABLE_ORDER.get(column, ())), value) for column, value in zip(TABLE_KEY, config))
+
+
+def weights_group(weights):
+    """`weights` with a trained version's own file left out, so that a training's versions share a row."""
+    return re.sub(r"/version_\d+/\S*$", "/version_*", weights)
+
+
+def table_runs(rows):
+    """{table row key: [{(dataset, subsplit): value} per version]} of the scores and mAPs in `rows`.
+
+    Rows of different data (limit) or weights never share a table row; within a trained
+    family (`weights_group`), a version evaluated with several files shows the latest.
+    """
+    runs, latest = {}, {}
+    for row in rows:
+        if (row["dataset"], row["measure"]) in (("2afc", "score"), ("jnd", "map")):
+            config = tuple(weights_group(row[c]) if c == "weights" else row[c] for c in TABLE_KEY)
+            runs.setdefault(config, {}).setdefault((row["version"], row["weights"]), {})[
+                row["dataset"], row["subsplit"]] = float(row["value"])
+            latest.setdefault(config, {})[row["version"]] = row["weights"]
+    return {config: [runs[config][version, weights] for version, weights in latest[config].items()]
+            for config in runs}
 
 
 def results_table(rows):
-    """Markdown table, LPIPS-paper layout: a row per configuration; the six 2AFC val subsplits,
-    their mean and the JND mAP (mean over the JND subsplits); versions aggregated as mean ± std."""
-    runs = {}
-    for row in rows:
-        if (row["dataset"], row["measure"]) in (("2afc", "score"), ("jnd", "map")):
-            run = runs.setdefault(tuple(row[c] for c in TABLE_KEY), {}).setdefault(row["version"], {})
-            run[row["dataset"], row["subsplit"]] = float(row["value"])
-    header = ["net", "variant", "method", "channel norm", "normalize", "versions", *SUBSPLITS["val"],
-              "2AFC mean", "JND mAP"]
+    """Markdown table, LPIPS-paper layout: a row per configuration, data and weights; the six 2AFC val
+    subsplits, their mean and the JND mAP (mean over the JND subsplits); versions as mean ± std."""
+    runs = table_runs(rows)
+    header = ["net", "layers", "variant", "method", "channel norm", "normalize", "examples", "weights", "versions",
+              *SUBSPLITS["val"], "2AFC mean", "JND mAP"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config in sorted(runs, key=_table_order):
-        versions = list(runs[config].values())
+        versions = runs[config]
         columns = [[run.get(("2afc", subsplit)) for run in versions] for subsplit in SUBSPLITS["val"]]
         columns += [[_set_mean(run, "2afc") for run in versions], [_set_mean(run, "jnd") for run in versions]]
         lines.append("| " + " | ".join([*config, str(len(versions)), *map(_cell, columns)]) + " |")
@@ -753,8 +860,8 @@ def add_training_flags(parser):
         "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
         "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>_<variant>_<method>_<cn|nocn>_"
         "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused. "
-        "results.csv rows of a version trained now replace rows of the same key (such as --lpips-weights "
-        "official, also variant lin version 0): evaluate those into another --out.")
+        "results.csv names each version's rows by its lin.pth, so they never mix with rows of other weights "
+        "(such as --lpips-weights official); a version trained anew replaces the old one in the table.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
                        metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")

@@ -291,20 +291,20 @@ def is_global_zero():
 def train_net(net, args, sets, train_data, device):
     """Train --repetitions versions of each configuration of `net`, evaluating each into results.csv.
 
-    Finished versions are reused; a version trained now replaces any rows of the same key.
-    With several processes (DDP) only the first evaluates; the others wait for it.
+    Finished versions are reused. Rows name each version by its lin.pth (`weights_identity`),
+    so a version trained anew is evaluated anew. With several processes (DDP) only the first
+    evaluates; the others wait for it.
     """
     for method, norm in requested_configs(args.method, args.channel_norm):
         config_args = argparse.Namespace(**{**vars(args), "method": [method], "channel_norm": "on" if norm else "off"})
         for version in range(args.repetitions):
-            folder = version_dir(args.out, version, net, args.variant, method, norm, args.normalize)
-            fresh = not os.path.isfile(os.path.join(folder, "lin.pth"))
             module = train_version(train_data, args.out, version, seed=args.seed, batch_size=args.batch_size,
                                    num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
                                    net=net, method=method, channel_norm=norm, variant=args.variant,
                                    normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init)
             if is_global_zero():
-                config_args.overwrite = args.overwrite or fresh
+                folder = version_dir(args.out, version, net, args.variant, method, norm, args.normalize)
+                config_args.lpips_weights = os.path.join(folder, "lin.pth")
                 evaluate_net(net, config_args, sets, device, version,
                              build=lambda configs, metric=module.metric: dict.fromkeys(configs, metric))
             if torch.distributed.is_available() and torch.distributed.is_initialized():

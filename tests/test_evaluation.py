@@ -255,9 +255,10 @@ def test_rerun_computes_only_what_is_missing_and_overwrite_recomputes(torch_home
     assert forwards.images == {}  # not even built
     assert (tmp_path / "results.csv").read_bytes() == before
 
-    (tmp_path / "results.csv").write_text(before.decode().replace(
-        "alex,baseline,spatial,true,imagenet,0,jnd,traditional,map,",
-        "alex,baseline,spatial,true,imagenet,0,jnd,traditional,map,9"))
+    tampered = before.decode().replace("alex,1-4-7-9-11,baseline,spatial,true,imagenet,0,jnd,traditional,map,",
+                                       "alex,1-4-7-9-11,baseline,spatial,true,imagenet,0,jnd,traditional,map,9")
+    assert tampered != before.decode()
+    (tmp_path / "results.csv").write_text(tampered)
     assert run(["--net", "alex", "--overwrite", *sets], bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == 3 * 3 + 3 * 2
     assert values(read_csv(tmp_path)) == second
@@ -322,12 +323,17 @@ def test_trained_weights_file_gives_its_version(torch_home, bapps, tmp_path):
     assert {(r["variant"], r["version"], r["n"]) for r in read_csv(tmp_path / "out")} == {("lin", "3", "4")}
 
 
-def table_row(config, version, values_by_set):
+def table_row(config, version, values_by_set, weights="w.pth@00000000", limit="all"):
     net, variant, method, norm = config
-    return [{"net": net, "variant": variant, "method": method, "channel_norm": norm, "normalize": "imagenet",
-             "version": str(version), "dataset": dataset, "subsplit": subsplit, "measure": measure,
-             "value": repr(value), "n": "10"}
+    return [{"net": net, "layers": "1-2", "variant": variant, "method": method, "channel_norm": norm,
+             "normalize": "imagenet", "version": str(version), "dataset": dataset, "subsplit": subsplit,
+             "measure": measure, "value": repr(value), "n": "10", "limit": limit, "weights": weights}
             for (dataset, subsplit, measure), value in values_by_set.items()]
+
+
+def table_cells(table):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]
+            if line.startswith("|")]
 
 
 def test_table_aggregates_versions_and_marks_missing_cells():
@@ -338,15 +344,16 @@ def test_table_aggregates_versions_and_marks_missing_cells():
                         {("2afc", "traditional", "score"): 0.5, ("2afc", "color", "score"): 0.7})
             + table_row(("alex", "lin", "spatial", "true"), 2,
                         {("2afc", "traditional", "score"): 0.7, ("2afc", "color", "score"): 0.9}))
-    lines = results_table(rows).splitlines()
-    assert lines[0].split(" | ")[6:] == ["traditional", "cnn", "superres", "deblur", "color", "frameinterp",
-                                         "2AFC mean", "JND mAP |"]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:4]]
+    table = results_table(rows)
+    assert table.splitlines()[0].split(" | ")[9:] == ["traditional", "cnn", "superres", "deblur", "color",
+                                                      "frameinterp", "2AFC mean", "JND mAP |"]
+    cells = table_cells(table)
     spread = f"{100 * statistics.stdev([0.5, 0.7]):.1f}"
-    assert cells[0] == ["alex", "lin", "spatial", "true", "imagenet", "2", f"60.0 ± {spread}", "–", "–", "–",
-                        f"80.0 ± {spread}", "–", f"70.0 ± {spread}", "–"]
-    assert cells[1] == ["vgg", "baseline", "spatial", "true", "imagenet", "1",
+    assert cells[0] == ["alex", "1-2", "lin", "spatial", "true", "imagenet", "all", "w.pth@00000000", "2",
+                        f"60.0 ± {spread}", "–", "–", "–", f"80.0 ± {spread}", "–", f"70.0 ± {spread}", "–"]
+    assert cells[1] == ["vgg", "1-2", "baseline", "spatial", "true", "imagenet", "all", "w.pth@00000000", "1",
                         "–", "80.0", "–", "–", "–", "–", "80.0", "55.0"]
+    assert len(cells) == 2
 
 
 def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
@@ -365,6 +372,6 @@ def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "squeeze jnd/cnn" in done.stderr  # the progress bar
     table = (out / "results.md").read_text()
-    assert table in done.stdout + "\n" and "| squeeze | baseline | spatial | true | imagenet | 1 |" in table
+    assert table in done.stdout + "\n" and "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | squeezenet1_1-b8a52dc0.pth@" in table
     assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_csv(out)} == {("jnd", "traditional", "5"),
                                                                              ("jnd", "cnn", "5")}

@@ -237,8 +237,9 @@ def test_train_cli_evaluates_every_version_and_tabulates_mean_and_spread(torch_h
     rows = read_csv(tmp_path)
     assert {(r["variant"], r["version"]) for r in rows} == {("lin", "0"), ("lin", "1")}
     assert len(rows) == 2 * 6 * 2  # versions x val subsplits x (score, accuracy)
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| alex | lin |"))
-    assert "| alex | lin | spatial | true | imagenet | 2 |" in line and "±" in line
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| alex | 1-4-7-9-11 | lin |"))
+    assert "| spatial | true | imagenet | all | alexnet-owt-7be5be79.pth@" in line
+    assert " lin=alex_lin_spatial_cn_imagenet/version_* | 2 |" in line and "±" in line
     for version in (0, 1):
         path = tmp_path / "alex_lin_spatial_cn_imagenet" / f"version_{version}" / "lin.pth"
         metric = DistanceMetric("alex", lin=True, lpips_weights=str(path))
