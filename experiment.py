@@ -42,8 +42,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset_collector import SUBSPLITS, DatasetError, dataset_collector
-from loss_networks import (DEFAULT_LAYERS, NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net,
-                            fetch_pretrained, load_state_dict_file)
+from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, NETWORKS, PRESET, FeatureExtractor,
+                           WeightsUnavailableError, canonical_net, check_layers, fetch_pretrained,
+                           load_state_dict_file)
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -53,6 +54,7 @@ NORMALIZATIONS = {
     "lpips": ((-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)),
 }
 RANGE_TOLERANCE = 1e-3
+PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
 
 
 def check_images(x, name="x"):
@@ -337,25 +339,52 @@ def requested_configs(methods, channel_norm="on"):
     return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
 
 
-def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None):
-    """{(method, channel_norm): DistanceMetric} for `configs`, all running one FeatureExtractor.
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, pretrained=True, seed=0):
+    """{config: DistanceMetric} for `configs`, all running one FeatureExtractor.
 
-    One baseline metric computes every configuration. `lin` needs a metric per
-    configuration for its linear weights (`lpips_weights`, loaded strictly into each);
-    they all run the first one's backbone, so each image still goes through it once
-    (the others' copies, read from the memory-mapped weights file, are dropped).
+    A configuration is (method, channel_norm), or (method, channel_norm, points) for
+    some of the extraction points (see `batch_distances`). One baseline metric computes
+    every configuration. `lin` needs a metric per configuration for its linear weights
+    (`lpips_weights`, loaded strictly into each); they all run one backbone with every
+    point, so each image still goes through it once (their own copies, read from the
+    memory-mapped weights file, are dropped). Random backbones (`pretrained=False`) are
+    drawn from `seed`, so a net's random weights do not depend on what was built before.
     """
+    points = sorted({p for config in configs for p in config_points(config) or ()}) or None
     if variant == "baseline":
-        return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize))
+        return dict.fromkeys(configs, DistanceMetric(net, *configs[0][:2], normalize=normalize, layers=points,
+                                                     pretrained=seeded(pretrained, seed)))
     if variant != "lin":
         raise ValueError(f"variant {variant!r} trains the network: it needs --train")
     metrics = {}
-    for method, norm in configs:
-        metric = DistanceMetric(net, method, norm, lin=True, normalize=normalize, lpips_weights=lpips_weights)
-        if metrics:
-            metric.net = next(iter(metrics.values())).net
-        metrics[method, norm] = metric
+    for config in configs:
+        metrics[config] = DistanceMetric(net, *config[:2], lin=True, normalize=normalize, lpips_weights=lpips_weights,
+                                         layers=config_points(config), pretrained=seeded(pretrained, seed))
+    shared = next(iter(metrics.values())).net
+    if points is not None and shared.layers != points:
+        shared = FeatureExtractor(net, layers=points, pretrained=seeded(pretrained, seed))
+    for metric in metrics.values():
+        metric.net = shared
     return metrics
+
+
+def seeded(pretrained, seed):
+    """`pretrained`, having seeded torch's generator with `seed` when the backbone about to be built is random."""
+    if not pretrained:
+        torch.manual_seed(seed)
+    return pretrained
+
+
+def config_points(config):
+    """The extraction points of a configuration (method, channel_norm[, points]); None: all of its metric's."""
+    return list(config[2]) if len(config) > 2 else None
+
+
+def select_points(views, positions):
+    """Views cut down to the layers at `positions` of their list (None: all)."""
+    if positions is None:
+        return views
+    return {key: [layers[i] for i in positions] for key, layers in views.items()}
 
 
 def _shared_feature_metric(metrics):
@@ -369,21 +398,29 @@ def _shared_feature_metric(metrics):
 def batch_distances(metrics, images, pairs):
     """{config: [distances (N,) per pair]} for one batch of `images` ({name: tensor}).
 
-    `metrics` maps (method, channel_norm) to the DistanceMetric holding that configuration's
-    weights, all sharing one FeatureExtractor: each image goes through it once and its
-    views are made once, whatever the number of pairs and configurations.
+    `metrics` maps configurations to the DistanceMetric holding their weights, all sharing
+    one FeatureExtractor: each image goes through it once and its views are made once,
+    whatever the number of pairs and configurations. A configuration is (method,
+    channel_norm), over every point of that extractor, or (method, channel_norm, points)
+    over some of them (one configuration per point: `--per-layer`).
     """
     feature_metric, configs = _shared_feature_metric(metrics), list(metrics)
-    views = {name: feature_metric.views(feature_metric.features(images[name]), configs)
+    method_norms = list(dict.fromkeys(config[:2] for config in configs))
+    views = {name: feature_metric.views(feature_metric.features(images[name]), method_norms)
              for name in dict.fromkeys(name for pair in pairs for name in pair)}
     groups = {}
     for config, metric in metrics.items():
-        groups.setdefault(id(metric), (metric, []))[1].append(config)
+        points = config_points(config)
+        every = points is None or points == feature_metric.net.layers
+        positions = None if every else tuple(feature_metric.net.layers.index(p) for p in points)
+        groups.setdefault((id(metric), positions), (metric, positions, []))[2].append(config)
     distances = {config: [None] * len(pairs) for config in configs}
-    for metric, group in groups.values():
+    for metric, positions, group in groups.values():
         for i, (a, b) in enumerate(pairs):
-            for config, d in metric.compare(views[a], views[b], group).items():
-                distances[config][i] = d
+            found = metric.compare(select_points(views[a], positions), select_points(views[b], positions),
+                                   [config[:2] for config in group])
+            for config in group:
+                distances[config][i] = found[config[:2]]
     return distances
 
 
@@ -442,6 +479,8 @@ def make_loader(data, batch_size=50, num_workers=0, device="cpu"):
 def evaluate_net(net, args, sets, device, version=0, build=None):
     """Score `net` on `sets` for each configuration of `args` missing from OUT/results.csv.
 
+    The configurations are --method x --channel-norm over the net's extraction points
+    (`args.points[net]`), all of them at once or, with `args.per_layer`, one point each.
     `build(configs)` returns {config: metric} (default: `build_metrics` with the flags
     of `args`); it runs only if something is missing, so a finished net is never even
     loaded. A configuration counts as done only when computed on the same data (`n`,
@@ -449,7 +488,10 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
     `args.overwrite` recomputes everything.
     """
     path = results_path(args.out)
-    configs = requested_configs(args.method, args.channel_norm)
+    points = args.points[net]
+    point_sets = [(p,) for p in points] if args.per_layer else [tuple(points)]
+    configs = [(*config, point_set) for point_set in point_sets
+               for config in requested_configs(args.method, args.channel_norm)]
     done = set() if args.overwrite else {result_key(row) for row in read_results(path)}
     run = run_columns(net, args, version)
     todo = []
@@ -463,7 +505,7 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
         return
     needed = list(dict.fromkeys(config for *_, missing in todo for config in missing))
     metrics = build(needed) if build is not None else build_metrics(
-        net, args.variant, needed, args.normalize, args.lpips_weights)
+        net, args.variant, needed, args.normalize, args.lpips_weights, not args.random_init, args.seed)
     for metric in metrics.values():
         metric.to(device).eval()
     for dataset, subsplit, data, missing in todo:
@@ -541,18 +583,18 @@ def weights_identity(net, lpips_weights=None, weights=None, pretrained=True, see
 
 def run_columns(net, args, version=0):
     """The columns every results row of one evaluation of `net` with the flags `args` shares."""
-    return {"net": net, "layers": layers_text(DEFAULT_LAYERS[net]), "variant": args.variant,
-            "normalize": args.normalize, "version": str(version),
+    return {"net": net, "variant": args.variant, "normalize": args.normalize, "version": str(version),
             "limit": "all" if args.limit is None else str(args.limit),
-            "weights": weights_identity(net, args.lpips_weights, pretrained=args.variant != "scratch",
+            "weights": weights_identity(net, args.lpips_weights,
+                                        pretrained=args.variant != "scratch" and not args.random_init,
                                         seed=args.seed + version)}
 
 
 def config_row(run, config, dataset, subsplit, n):
-    """The key columns of a results row, as written in results.csv."""
-    method, norm = config
-    return {**run, "method": method, "channel_norm": "true" if norm else "false", "dataset": dataset,
-            "subsplit": subsplit, "n": str(n)}
+    """The key columns of a results row, as written in results.csv; config is (method, channel_norm, points)."""
+    method, norm, points = config
+    return {**run, "layers": layers_text(points), "method": method, "channel_norm": "true" if norm else "false",
+            "dataset": dataset, "subsplit": subsplit, "n": str(n)}
 
 
 def result_key(row):
@@ -657,7 +699,13 @@ def _set_mean(run, dataset):
 
 def _table_order(config):
     return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER.get(column, ()) else
-                  len(TABLE_ORDER.get(column, ())), value) for column, value in zip(TABLE_KEY, config))
+                  len(TABLE_ORDER.get(column, ())), _points_order(value) if column == "layers" else value)
+                 for column, value in zip(TABLE_KEY, config))
+
+
+def _points_order(layers):
+    # numerically: a net's rows 1, 1-4-7-11, 4, 7, 11 rather than 1, 1-4-7-11, 11, 4, 7
+    return tuple(int(point) for point in layers.split("-") if point.isdigit())
 
 
 def weights_group(weights):
@@ -712,9 +760,33 @@ def build_parser():
         description="Score deep perceptual similarity metrics on the BAPPS validation sets (2AFC and JND). "
                     "Results go to OUT/results.csv (configurations already there are skipped) and the "
                     "table to OUT/results.md.")
-    parser.add_argument("--net", nargs="+", default=["alex"], metavar="NET",
-                        help="loss networks: alex, squeeze, vgg (or alexnet, squeezenet, squeezenet1_1, vgg16); "
-                             "default: alex")
+    parser.add_argument("--net", nargs="+", metavar="NET",
+                        help="loss networks, loaded one at a time: alex, squeeze, vgg (aliases alexnet, squeezenet, "
+                             "squeezenet1_1, vgg16) or any torchvision classifier of the registry under its "
+                             "torchvision name: vgg11/13/16/19[_bn], resnet18/34/50/101/152, wide_resnet50_2/101_2, "
+                             "resnext50_32x4d/101_32x8d, densenet121/161/169/201, squeezenet1_0, "
+                             "shufflenet_v2_x1_0/x2_0, mobilenet_v2, mobilenet_v3_large/small, "
+                             "mnasnet0_5/0_75/1_0/1_3, efficientnet_b0..b7, regnet_x_*/regnet_y_* (400mf, 800mf, "
+                             "1_6gf, 3_2gf, 8gf, 16gf, 32gf), googlenet, inception_v3; default: alex "
+                             "(with --preset: the preset's networks)")
+    parser.add_argument("--layers", nargs="+", type=int, metavar="I",
+                        help="extraction points, for every --net: point k is the k-th child module of the net's "
+                             "`features` (of the whole model for ResNets, ResNeXts, Wide ResNets, ShuffleNets, "
+                             "GoogLeNet and Inception v3, without their classification head and auxiliary "
+                             "classifiers; of `layers` for MNASNet; of `stem` then `trunk_output` for RegNets), "
+                             "as the original repository counts them; the activation is taken after it. "
+                             f"Default: {DEFAULT_RULE}")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="one configuration per extraction point instead of one with all of them (like the "
+                             "original's --no_multilayer); all come from one backbone pass per image")
+    parser.add_argument("--preset", choices=tuple(PRESETS),
+                        help="paper: the original repository's grid, 14 networks at four points each: "
+                             + ", ".join(f"{net} {'-'.join(map(str, points))}" for net, points in PRESET.items())
+                             + "; whole, or point by point with --per-layer; --net picks some of them")
+    parser.add_argument("--random-init", action="store_true",
+                        help="randomly initialised backbones (torchvision's init, drawn from --seed) instead of "
+                             "the ImageNet weights: the untrained-network control of DPS studies; their rows "
+                             "have weights random:seed<seed>")
     parser.add_argument("--method", nargs="+", default=["spatial"], choices=[*METHODS, "all"], metavar="METHOD",
                         help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
                              f"default: spatial")
@@ -759,11 +831,27 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.net = list(dict.fromkeys(canonical_net(net) for net in args.net))
+        args.points = network_points(args)
+        args.net = list(args.points)
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
     return args
+
+
+def network_points(args):
+    """{canonical net: its extraction points} for --net, --layers and --preset, checked."""
+    nets = list(dict.fromkeys(canonical_net(net) for net in args.net or ()))
+    if args.preset is None:
+        return {net: check_layers(net, args.layers) for net in nets or ["alex"]}
+    grid = PRESETS[args.preset]
+    if args.layers is not None:
+        raise ValueError(f"--preset {args.preset} sets the extraction points of each network: drop --layers, "
+                         f"or drop --preset and pass --net and --layers")
+    outside = [net for net in nets if net not in grid]
+    if outside:
+        raise ValueError(f"--preset {args.preset} has no {', '.join(outside)}; its networks: {', '.join(grid)}")
+    return {net: list(grid[net]) for net in nets or grid}
 
 
 def check_args(args):
@@ -776,6 +864,7 @@ def check_args(args):
         raise ValueError("--variant lin without training evaluates given linear weights: pass --lpips-weights "
                          "official (LPIPS v0.1) or --lpips-weights PATH (an LPIPS-format file), or --train")
     check_training_args(args)
+    check_network_args(args)
     valid = [s for split in args.splits for s in SUBSPLITS[BAPPS_SETS[split][1]]]
     unknown = [s for s in args.subsplits or () if s not in valid]
     if unknown:
@@ -786,6 +875,27 @@ def check_args(args):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
     pick_device(args.device)
+
+
+def check_network_args(args):
+    """Raise ValueError, saying the fix, for --layers, --per-layer and --random-init that cannot run."""
+    official_nets = [net for net, points in args.points.items() if points != DEFAULT_LAYERS.get(net)
+                     or net not in LPIPS_NETS]
+    if args.lpips_weights == "official" and official_nets:
+        raise ValueError(f"--lpips-weights official holds LPIPS's weights for alex, squeeze and vgg at their "
+                         f"default points, not for {', '.join(official_nets)} at "
+                         f"{'; '.join(layers_text(args.points[net]) for net in official_nets)}: train weights "
+                         f"with --train, or pass an LPIPS-format file that fits")
+    if args.per_layer and args.variant == "lin" and args.lpips_weights and not args.train:
+        path = official_lpips_path(args.net[0]) if args.lpips_weights == "official" else args.lpips_weights
+        count = len({re.sub(r"^(?:\w+_)?lin(\d+)\..*", r"\1", key) for key in load_state_dict_file(path)})
+        if count > 1:
+            raise ValueError(f"--per-layer scores each extraction point on its own, but {path} holds linear "
+                             f"weights for {count} points: pass weights trained for one point (--layers P "
+                             f"--variant lin --train), or drop --per-layer")
+    if args.random_init and args.train:
+        raise ValueError("--random-init evaluates untrained backbones; to train from a random backbone use "
+                         "--variant scratch --train")
 
 
 def pick_device(name="auto"):
@@ -858,9 +968,10 @@ def add_training_flags(parser):
         "training", "--train learns --variant lin (linear weights on the frozen backbone), tune (also the "
         "pretrained backbone) or scratch (also a randomly initialised backbone) on BAPPS train with the LPIPS "
         "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
-        "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>_<variant>_<method>_<cn|nocn>_"
-        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused. "
-        "results.csv names each version's rows by its lin.pth, so they never mix with rows of other weights "
+        "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>[_<points>]_<variant>_<method>_"
+        "<cn|nocn>_<normalize>/version_K (<points> such as 1-4-7-11 when not the net's default); an "
+        "interrupted training resumes from there, a finished one is reused. With --per-layer each point is "
+        "trained on its own. results.csv names each version's rows by its lin.pth, so they never mix with rows of other weights "
         "(such as --lpips-weights official); a version trained anew replaces the old one in the table.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),

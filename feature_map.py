@@ -2,13 +2,14 @@
 
     python feature_map.py --image rings _inv --network alexnet
     python feature_map.py --path photo.png --network vgg16 --max-channels 32
+    python feature_map.py --image rings _inv --network resnet50 --layers 2 4 5 7
     python feature_map.py --image rotate/clouds. --compare images/rotate/clouds_rot90.png --method sort
 
 `--image` picks the one file under `--image-dir` whose path (relative to it) contains
 every given substring, ignoring case; `--path` names a file directly.
 
-For each extraction layer k of the network (the LPIPS layers, k = 0, 1, ... in network
-order) `OUT/<stem>_<net>_layer<k>.png` shows the first `--max-channels` channels as a
+For each extraction layer k of the network (its default extraction points, the LPIPS
+layers for alex/squeeze/vgg, or those of `--layers`; k = 0, 1, ... in network order) `OUT/<stem>_<net>_layer<k>.png` shows the first `--max-channels` channels as a
 grid: the raw activations on the left, the channel-normalised ones (divided by the L2
 norm over channels at each position) on the right. Each channel map is stretched to
 [0, 1] on its own for display.
@@ -41,7 +42,7 @@ from PIL import Image
 from analysis import AnalysisError, build_metric, image_files, network_name
 from dataset_collector import ImageLoadError, load_image
 from experiment import METHODS, PARTS, channel_normalize, pick_device, write_atomic
-from loss_networks import WeightsUnavailableError
+from loss_networks import WeightsUnavailableError, check_layers, point_names
 
 
 def find_image(image_dir, substrings):
@@ -102,7 +103,8 @@ def write_feature_maps(metric, x, stem, out, max_channels):
     for k, (index, f) in enumerate(zip(metric.net.layers, feats)):
         c, h, w = f.shape[1:]
         shown = f", first {max_channels} shown" if c > max_channels else ""
-        title = f"{stem}: {net} layer {k} (features[{index}]), {c} channels of {h}x{w}{shown}"
+        where = f"point {index}, {point_names(net)[index]}"
+        title = f"{stem}: {net} layer {k} ({where}), {c} channels of {h}x{w}{shown}"
         paths.append(os.path.join(out, f"{stem}_{net}_layer{k}.png"))
         write_atomic(paths[-1], layer_figure(f[0], title, max_channels))
     return paths
@@ -162,7 +164,11 @@ def parse_args(argv=None):
     which.add_argument("--path", help="the image file")
     parser.add_argument("--image-dir", default="images", help="folder --image searches (default: images)")
     parser.add_argument("--network", type=network_name, default="alex",
-                        help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg; default: alexnet)")
+                        help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg), or any other network of the "
+                             "torchvision registry, such as resnet50 (python experiment.py --help lists them); "
+                             "default: alexnet")
+    parser.add_argument("--layers", nargs="+", type=int, metavar="I",
+                        help="extraction points, counted as in experiment.py --layers (default: the network's)")
     parser.add_argument("--out", default=os.path.join("logs", "feature_maps"),
                         help="output folder (default: logs/feature_maps)")
     parser.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default: 64)")
@@ -180,6 +186,7 @@ def parse_args(argv=None):
     if args.max_channels < 1:
         parser.error(f"--max-channels must be at least 1, got {args.max_channels}")
     try:
+        check_layers(args.network, args.layers)
         args.device = pick_device(args.device)
     except ValueError as err:
         parser.error(str(err))
@@ -189,7 +196,7 @@ def parse_args(argv=None):
 def draw(args):
     """Write the pictures the arguments ask for; returns their paths."""
     path = args.path if args.path is not None else find_image(args.image_dir, args.image)
-    metric = build_metric(args.network, args.weights_dir, args.device)
+    metric = build_metric(args.network, args.weights_dir, args.device, args.layers)
     x = load_image(path, args.size)[None].to(args.device)
     stem = os.path.splitext(os.path.basename(path))[0]
     paths = write_feature_maps(metric, x, stem, args.out, args.max_channels)
@@ -207,7 +214,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         paths = draw(args)
-    except (AnalysisError, ImageLoadError, WeightsUnavailableError) as err:
+    except (ValueError, ImageLoadError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, image size
         sys.exit(f"feature_map.py: error: {err}")
     for path in paths:
         print(path)

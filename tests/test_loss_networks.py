@@ -4,8 +4,10 @@ The reference extraction is written here, not taken from loss_networks: it build
 torchvision classifier, lists the child modules of the family's containers in order,
 and runs them one after the other, keeping a copy of each requested activation.
 Models are random (BatchNorm statistics randomised too, so that a skipped or doubled
-BatchNorm shows) and each is built once per session.
+BatchNorm shows) and each is built once per session; the extractor under test starts
+from a copy of it (`from_reference`) where the test is about points, not weights files.
 """
+import copy
 import math
 import os
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+import loss_networks
 from loss_networks import (DEFAULT_LAYERS, NETWORKS, PRESET, FeatureExtractor, WeightsUnavailableError,
                            canonical_net, checkpoint_path, default_layers, point_names)
 
@@ -52,6 +55,13 @@ def reference_model(net):
                     module.bias.normal_(0, 0.2)
         BUILT[net] = model
     return BUILT[net]
+
+
+@pytest.fixture
+def from_reference(monkeypatch):
+    """FeatureExtractor(..., pretrained=False) starts from a copy of the reference model: same weights,
+    and no second random initialisation of the big networks."""
+    monkeypatch.setattr(loss_networks, "construct", lambda net, random_init=True: copy.deepcopy(reference_model(net)))
 
 
 def reference_children(model, net):
@@ -112,13 +122,11 @@ def test_points_are_counted_as_the_original():
 
 
 @pytest.mark.parametrize("net", list(EXTRACTION_CASES))
-def test_extraction_equals_plain_torchvision(net):
+def test_extraction_equals_plain_torchvision(net, from_reference):
     layers = EXTRACTION_CASES[net]
     model = reference_model(net)
     ours = FeatureExtractor(net, layers=layers, pretrained=False)
     assert ours.layers == sorted(layers) and not ours.training
-    for ref_module, our_module in zip(reference_children(model, net), ours.features):
-        our_module.load_state_dict(ref_module.state_dict())
     x = images(len(net))
     with torch.no_grad():
         got = ours(x)
@@ -162,7 +170,7 @@ def test_point_beyond_the_network_says_how_many_it_has():
 
 @pytest.mark.parametrize("net, layers", [("alex", None), ("squeeze", None), ("vgg", None),
                                          ("densenet121", [2, 4, 6, 10])])
-def test_too_small_image_is_a_value_error_naming_net_and_minimum(net, layers, monkeypatch):
+def test_too_small_image_is_a_value_error_naming_net_and_minimum(net, layers, monkeypatch, from_reference):
     ours = FeatureExtractor(net, layers=layers, pretrained=False)
     smallest = ours.min_size()
     assert smallest > 1
