@@ -971,8 +971,9 @@ def add_training_flags(parser):
         "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>[_<points>]_<variant>_<method>_"
         "<cn|nocn>_<normalize>/version_K (<points> such as 1-4-7-11 when not the net's default); an "
         "interrupted training resumes from there, a finished one is reused. With --per-layer each point is "
-        "trained on its own. results.csv names each version's rows by its lin.pth, so they never mix with rows of other weights "
-        "(such as --lpips-weights official); a version trained anew replaces the old one in the table.")
+        "trained on its own. results.csv names each version's rows by its lin.pth, so they never mix with rows "
+        "of other weights (such as --lpips-weights official); a version trained anew replaces the old one in "
+        "the table.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
                        metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")

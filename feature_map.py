@@ -8,8 +8,8 @@
 `--image` picks the one file under `--image-dir` whose path (relative to it) contains
 every given substring, ignoring case; `--path` names a file directly.
 
-For each extraction layer k of the network (its default extraction points, the LPIPS
-layers for alex/squeeze/vgg, or those of `--layers`; k = 0, 1, ... in network order) `OUT/<stem>_<net>_layer<k>.png` shows the first `--max-channels` channels as a
+For each extraction layer k of the network (its default points or `--layers`, k = 0, 1, ...
+in network order) `OUT/<stem>_<net>_layer<k>.png` shows the first `--max-channels` channels as a
 grid: the raw activations on the left, the channel-normalised ones (divided by the L2
 norm over channels at each position) on the right. Each channel map is stretched to
 [0, 1] on its own for display.

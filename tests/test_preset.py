@@ -169,3 +169,17 @@ def test_too_small_images_are_an_error_naming_net_and_minimum(torch_home, tmp_pa
     message = str(exit_info.value.code)
     assert "feature_map.py: error: images of 8x8 pixels are too small for alex" in message
     assert "at least" in message and not (tmp_path / "maps").exists()
+
+
+def test_per_layer_training_trains_each_point_on_its_own(torch_home, tmp_path):
+    bapps = str(make_bapps(tmp_path / "bapps", n_2afc=4, n_jnd=4, splits=("train", "jnd")))
+    assert main(["--net", "alex", "--layers", "4", "11", "--per-layer", "--train", "--variant", "lin",
+                 "--data-root", bapps, "--no-download", "--out", str(tmp_path / "out"), "--num-workers", "0",
+                 "--batch-size", "4", "--epochs", "1", "--logger", "csv", "--train-subsplits", "cnn",
+                 "--splits", "jnd"]) == 0
+    folders = sorted(p.parent.parent.name for p in (tmp_path / "out").glob("*/version_0/lin.pth"))
+    assert folders == ["alex_11_lin_spatial_cn_imagenet", "alex_4_lin_spatial_cn_imagenet"]
+    for point in (4, 11):
+        path = tmp_path / "out" / f"alex_{point}_lin_spatial_cn_imagenet" / "version_0" / "lin.pth"
+        assert list(torch.load(path, weights_only=True)) == ["lin0.model.1.weight"]
+    assert {(r["layers"], r["variant"]) for r in read_csv(tmp_path / "out")} == {("4", "lin"), ("11", "lin")}

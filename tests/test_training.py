@@ -296,7 +296,7 @@ def test_ddp_on_two_cpu_processes_evaluates_and_reports_once(weights_home, bapps
                            "--batch-size", "6", "--num-workers", "0", "--splits", "jnd"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("| alex | lin | spatial | true | imagenet | 1 |") == 1
+    assert done.stdout.count("| alex | 1-4-7-9-11 | lin | spatial | true | imagenet | all |") == 1
     rows = read_csv(tmp_path)
     assert sorted((r["subsplit"], r["version"]) for r in rows) == [("cnn", "0"), ("traditional", "0")]
     assert (tmp_path / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()
