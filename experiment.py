@@ -13,6 +13,8 @@ image for all configurations, into `OUT/results.csv` and the table `OUT/results.
 
     python experiment.py --net alex squeeze vgg --method all --channel-norm both
     python experiment.py --net alex --variant lin --normalize lpips --lpips-weights official
+    python experiment.py --net resnet50 --layers 2 4 5 7 --per-layer    # any torchvision net, any points
+    python experiment.py --preset paper --method all                    # the original's 14-network grid
 
 `--train` trains LPIPS calibrations (`LPIPSTraining`, the recipe of the LPIPS paper) on
 BAPPS train, then evaluates each trained version the same way:
@@ -887,15 +889,22 @@ def check_network_args(args):
                          f"{'; '.join(layers_text(args.points[net]) for net in official_nets)}: train weights "
                          f"with --train, or pass an LPIPS-format file that fits")
     if args.per_layer and args.variant == "lin" and args.lpips_weights and not args.train:
-        path = official_lpips_path(args.net[0]) if args.lpips_weights == "official" else args.lpips_weights
-        count = len({re.sub(r"^(?:\w+_)?lin(\d+)\..*", r"\1", key) for key in load_state_dict_file(path)})
-        if count > 1:
-            raise ValueError(f"--per-layer scores each extraction point on its own, but {path} holds linear "
-                             f"weights for {count} points: pass weights trained for one point (--layers P "
-                             f"--variant lin --train), or drop --per-layer")
+        check_single_point_weights(official_lpips_path(args.net[0]) if args.lpips_weights == "official"
+                                   else args.lpips_weights)
     if args.random_init and args.train:
         raise ValueError("--random-init evaluates untrained backbones; to train from a random backbone use "
                          "--variant scratch --train")
+
+
+def check_single_point_weights(path):
+    """Raise ValueError unless the LPIPS-format file `path` (if it exists) holds linear weights for one point."""
+    if not os.path.isfile(path):
+        return  # the evaluation says which file is missing
+    count = len({re.sub(r"^(?:\w+_)?lin(\d+)\..*", r"\1", key) for key in load_state_dict_file(path)})
+    if count > 1:
+        raise ValueError(f"--per-layer scores each extraction point on its own, but {path} holds linear "
+                         f"weights for {count} points: pass weights trained for one point (--layers P "
+                         f"--variant lin --train), or drop --per-layer")
 
 
 def pick_device(name="auto"):
