@@ -10,8 +10,9 @@ module, in order, of `features` (most nets), of the whole model (ResNet, Wide Re
 ResNeXt, ShuffleNet, GoogLeNet, Inception v3), of `layers` (MNASNet), or of `stem` and
 then `trunk_output` (RegNet). Of the whole model, the classification head (`avgpool`,
 `dropout`, `fc`) and the auxiliary classifiers (`aux1`, `aux2`, `AuxLogits`) are not
-points: they branch off the trunk or need flattening. An activation is taken after its
-module. Default points: the LPIPS layers for alex/squeeze/vgg, the points of the
+points: they branch off the trunk or end it. (Inception v3's `AuxLogits` is the original's
+point 15, past which its sequential extraction fails; here Mixed_7a-7c are points 15-17.)
+An activation is taken after its module. Default points: the LPIPS layers for alex/squeeze/vgg, the points of the
 original's experiment grid (`PRESET`) for its other networks, and for every other
 network the last point of each quarter (`default_layers`).
 
