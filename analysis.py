@@ -2,6 +2,7 @@
 
     python analysis.py                      # 3 nets x 5 methods x 2 channel norms over images/
     python analysis.py --net alex --method spatial sort --channel-norm on --device cpu
+    python analysis.py --net resnet50 --layers 2 4 5 7      # any torchvision net of the registry
 
 Every case of `IMAGE_DIR/manifest.csv` (`category,image,variant,rule`, paths relative
 to IMAGE_DIR) is a question with a known answer: is the variant (a rotation, a shift,
@@ -18,14 +19,14 @@ temporary folder in OUT, then renamed over the old one; Ctrl-C or an error leave
 outputs as they were):
 
 - `results.csv`: one row per net, method, channel norm and case, columns
-  `net,method,channel_norm,category,image,variant,rule,distance,threshold_distance,
+  `net,layers,method,channel_norm,category,image,variant,rule,distance,threshold_distance,
   threshold_image,success` then `ref:<file>` for each reference. `distance` is image to
   variant; `threshold_distance` is what it must beat: the smallest reference distance
   (`threshold_image` names that reference) or the distance from the image to the other
   variant of a `closer_than:` rule; `success` is `distance < threshold_distance`.
   `ref:<file>` is the distance from the image to `ref/<file>`, for every rule.
-  `net` is canonical (`alex`, `squeeze`, `vgg`); `channel_norm` and `success` are
-  `true`/`false`.
+  `net` is canonical (`alex`, `squeeze`, `vgg`, or the torchvision name); `layers` the
+  extraction points joined by `-`; `channel_norm` and `success` are `true`/`false`.
 - `summary.csv`, `summary.md`: rows net, method, channel norm; one column per category
   and `total`, each cell `successes/cases`.
 - `summary.png`: the same table as a heat map (success rate), each cell labelled.
@@ -49,11 +50,12 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from dataset_collector import image_files, load_image
-from experiment import CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, requested_configs, write_atomic
-from loss_networks import NETWORKS, WeightsUnavailableError, canonical_net, checkpoint_path
+from experiment import (CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, layers_text, requested_configs,
+                        write_atomic)
+from loss_networks import LPIPS_NETS, WeightsUnavailableError, canonical_net, check_layers, checkpoint_path
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
-RESULT_COLUMNS = ("net", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
+RESULT_COLUMNS = ("net", "layers", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
                   "threshold_distance", "threshold_image", "success")
 OUTPUTS = ("results.csv", "summary.csv", "summary.md", "summary.png")
 RULE_REFS = "closer_than_refs"
@@ -176,15 +178,16 @@ def check_writable(folder, outputs=()):
                             f"file goes; move it away or {fix}")
 
 
-def build_metric(net, weights_dir=None, device="cpu"):
-    """A baseline DistanceMetric for `net`, with weights from `weights_dir` or the torchvision cache."""
+def build_metric(net, weights_dir=None, device="cpu", layers=None):
+    """A baseline DistanceMetric for `net` at `layers` (default: the net's), with weights from
+    `weights_dir` or the torchvision cache."""
     if weights_dir is None:
-        return DistanceMetric(net).to(device)
+        return DistanceMetric(net, layers=layers).to(device)
     path = os.path.join(weights_dir, os.path.basename(checkpoint_path(net)))
     if not os.path.isfile(path):
         raise AnalysisError(f"--weights-dir {weights_dir} has no {os.path.basename(path)} (the {net} weights): "
                             f"place torchvision's file there, or drop --weights-dir to use $TORCH_HOME")
-    return DistanceMetric(net, weights=path).to(device)
+    return DistanceMetric(net, weights=path, layers=layers).to(device)
 
 
 def case_pairs(cases, refs):
@@ -240,7 +243,7 @@ def ref_column(ref):
     return "ref:" + ref[len(REF_FOLDER) + 1:]
 
 
-def case_rows(net, configs, cases, refs, distances):
+def case_rows(net, layers, configs, cases, refs, distances):
     """One result row per configuration and case (values typed: floats and bools)."""
     rows = []
     for method, norm in configs:
@@ -248,9 +251,9 @@ def case_rows(net, configs, cases, refs, distances):
             d = {p: distances[case.image, p][method, norm]
                  for p in (case.variant, case.other, *refs) if p is not None}
             threshold_image = case.other if case.other is not None else min(refs, key=d.__getitem__)
-            row = dict(net=net, method=method, channel_norm=norm, category=case.category, image=case.image,
-                       variant=case.variant, rule=case.rule, distance=d[case.variant],
-                       threshold_distance=d[threshold_image], threshold_image=threshold_image,
+            row = dict(net=net, layers=layers_text(layers), method=method, channel_norm=norm,
+                       category=case.category, image=case.image, variant=case.variant, rule=case.rule,
+                       distance=d[case.variant], threshold_distance=d[threshold_image], threshold_image=threshold_image,
                        success=d[case.variant] < d[threshold_image])
             rows.append(row | {ref_column(ref): d[ref] for ref in refs})
     return rows
@@ -312,16 +315,17 @@ def plot_summary(columns, table):
     return buffer.getvalue()
 
 
-def analyse(image_dir, nets, configs, size=None, device="cpu", weights_dir=None, batch_size=16):
-    """(rows, refs): result rows for every net, configuration and case of the manifest."""
+def analyse(image_dir, nets, configs, size=None, device="cpu", weights_dir=None, batch_size=16, layers=None):
+    """(rows, refs): result rows for every net, configuration and case of the manifest; `layers`, the
+    extraction points of every net (default: each net's own)."""
     cases = read_manifest(image_dir)
     refs = find_refs(image_dir, cases)
     pairs = case_pairs(cases, refs)
     rows = []
     for net in nets:
-        metric = build_metric(net, weights_dir, device)
+        metric = build_metric(net, weights_dir, device, layers)
         distances = pair_distances(metric, image_dir, pairs, configs, size, device, batch_size, desc=net)
-        rows += case_rows(net, configs, cases, refs, distances)
+        rows += case_rows(net, metric.net.layers, configs, cases, refs, distances)
     return rows, refs
 
 
@@ -358,8 +362,13 @@ def parse_args(argv=None):
     parser.add_argument("--image-dir", default="images",
                         help="folder with manifest.csv and ref/ (default: images)")
     parser.add_argument("--out", default="logs", help="output folder (default: logs)")
-    parser.add_argument("--net", nargs="+", type=network_name, default=list(NETWORKS),
-                        help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16; default: all)")
+    parser.add_argument("--net", nargs="+", type=network_name, default=list(LPIPS_NETS),
+                        help="networks: alex squeeze vgg (aliases alexnet, squeezenet, vgg16) or any other of the "
+                             "torchvision registry, such as resnet50 or efficientnet_b0 (python experiment.py "
+                             "--help lists them); default: alex squeeze vgg")
+    parser.add_argument("--layers", nargs="+", type=int, metavar="I",
+                        help="extraction points, for every --net, counted as in experiment.py --layers "
+                             "(default: each net's own, see there)")
     parser.add_argument("--method", nargs="+", choices=(*METHODS, "all"), default=["all"], metavar="METHOD",
                         help=f"methods: {', '.join(METHODS)} or all (default: all)")
     parser.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS), default="both",
@@ -372,7 +381,13 @@ def parse_args(argv=None):
                         help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--weights-dir", default=None,
                         help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        for net in args.net:
+            check_layers(net, args.layers)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
 
 
 def main(argv=None):
@@ -381,9 +396,9 @@ def main(argv=None):
     try:
         check_writable(args.out, OUTPUTS)
         rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
-                             args.weights_dir, args.batch_size)
+                             args.weights_dir, args.batch_size, args.layers)
         paths, markdown = write_outputs(args.out, rows, refs)
-    except (ValueError, OSError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, bad weights
+    except (ValueError, OSError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, bad weights, size
         sys.exit(f"analysis.py: error: {err}")
     except KeyboardInterrupt:
         print(f"analysis.py: interrupted; nothing was written to {args.out}", file=sys.stderr)

@@ -58,7 +58,7 @@ import distance
 from dataset_collector import load_image
 from experiment import (ALL_CONFIGS, COLORSPACES, PAIRS, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, bapps_sets,
                         batch_distances, evaluate, make_loader)
-from loss_networks import build_classifier, canonical_net, checkpoint_path
+from loss_networks import LPIPS_NETS, build_classifier, canonical_net, checkpoint_path
 from pixel_metrics import PixelMetric, compare_ssim
 from tests.bapps_fake import make_bapps
 
@@ -88,7 +88,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", nargs="+", default=["alex"], help="networks (alex, squeeze, vgg)")
+    parser.add_argument("--net", nargs="+", default=["alex"], type=canonical_net, choices=LPIPS_NETS,
+                        help="networks the lpips package has: alex, squeeze, vgg")
     parser.add_argument("--batch", type=int, default=50, help="triplets per batch")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs (the minimum is reported)")

@@ -13,6 +13,8 @@ image for all configurations, into `OUT/results.csv` and the table `OUT/results.
 
     python experiment.py --net alex squeeze vgg --method all --channel-norm both
     python experiment.py --net alex --variant lin --normalize lpips --lpips-weights official
+    python experiment.py --net resnet50 --layers 2 4 5 7 --per-layer    # any torchvision net, any points
+    python experiment.py --preset paper --method all                    # the original's 14-network grid
 
 `--train` trains LPIPS calibrations (`LPIPSTraining`, the recipe of the LPIPS paper) on
 BAPPS train, then evaluates each trained version the same way:
@@ -47,8 +49,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset_collector import SUBSPLITS, DatasetError, dataset_collector, retry_settings
-from loss_networks import (DEFAULT_LAYERS, NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net,
-                            fetch_pretrained, load_state_dict_file)
+from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, NETWORKS, PRESET, FeatureExtractor,
+                           WeightsUnavailableError, canonical_net, check_layers, fetch_pretrained,
+                           load_state_dict_file)
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -58,6 +61,7 @@ NORMALIZATIONS = {
     "lpips": ((-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)),
 }
 RANGE_TOLERANCE = 1e-3
+PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
 
 
 def check_images(x, name="x"):
@@ -184,7 +188,7 @@ class DistanceMetric(nn.Module):
         self._register_input_affine(normalize)
         self.lins = nn.ModuleDict()
         if lin:
-            channels = self._channels()
+            channels = self.net.channels()
             for part in PARTS[method]:
                 self.lins[part] = nn.ModuleList(LinearLayer(c) for c in channels)
             if lpips_weights is not None:
@@ -198,10 +202,6 @@ class DistanceMetric(nn.Module):
         factor, start = (2.0, -1.0) if normalize == "lpips" else (1.0, 0.0)
         self.register_buffer("gain", (factor / std).float(), persistent=False)
         self.register_buffer("offset", ((start - mean) / std).float(), persistent=False)
-
-    def _channels(self):
-        with torch.no_grad():
-            return [f.shape[1] for f in self.net(torch.zeros(1, 3, 64, 64))]
 
     def lpips_state_dict(self):
         """The linear weights in the LPIPS file format (`lin{k}.model.1.weight`)."""
@@ -386,30 +386,58 @@ def requested_configs(methods, channel_norm="on"):
     return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
 
 
-def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, colorspace="Lab", layers=None):
-    """{(method, channel_norm): DistanceMetric} for `configs`, all running one FeatureExtractor.
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, pretrained=True, seed=0,
+                  colorspace="Lab", layers=None):
+    """{config: DistanceMetric} for `configs`, all running one FeatureExtractor.
 
-    A pixel metric (`l2`, `ssim`) is a `pixel_metrics.PixelMetric` in `colorspace`
-    instead. One baseline metric computes every configuration. `lin` needs a metric per
-    configuration for its linear weights (`lpips_weights`, loaded strictly into each);
-    they all run the first one's backbone, so each image still goes through it once
-    (the others' copies, read from the memory-mapped weights file, are dropped).
+    A configuration is (method, channel_norm), over `layers` (default: the net's), or
+    (method, channel_norm, points) for some of the extraction points (see
+    `batch_distances`). A pixel metric (`l2`, `ssim`) is a `pixel_metrics.PixelMetric` in
+    `colorspace` instead. One baseline metric computes every configuration. `lin` needs a
+    metric per configuration for its linear weights (`lpips_weights`, loaded strictly into
+    each); they all run one backbone with every point, so each image still goes through it
+    once (their own copies, read from the memory-mapped weights file, are dropped). Random
+    backbones (`pretrained=False`) are drawn from `seed`, so a net's random weights do not
+    depend on what was built before.
     """
     if net in PIXEL_METRICS:
         from pixel_metrics import PixelMetric  # scipy, only when asked for
         return dict.fromkeys(configs, PixelMetric(net, colorspace))
+    points = sorted({p for config in configs for p in config_points(config) or ()}) or layers
     if variant == "baseline":
-        return dict.fromkeys(configs, DistanceMetric(net, *configs[0], normalize=normalize, layers=layers))
+        return dict.fromkeys(configs, DistanceMetric(net, *configs[0][:2], normalize=normalize, layers=points,
+                                                     pretrained=seeded(pretrained, seed)))
     if variant != "lin":
         raise ValueError(f"variant {variant!r} trains the network: it needs --train")
     metrics = {}
-    for method, norm in configs:
-        metric = DistanceMetric(net, method, norm, lin=True, normalize=normalize, lpips_weights=lpips_weights,
-                                layers=layers)
-        if metrics:
-            metric.net = next(iter(metrics.values())).net
-        metrics[method, norm] = metric
+    for config in configs:
+        metrics[config] = DistanceMetric(net, *config[:2], lin=True, normalize=normalize, lpips_weights=lpips_weights,
+                                         layers=config_points(config) or layers, pretrained=seeded(pretrained, seed))
+    shared = next(iter(metrics.values())).net
+    if points is not None and shared.layers != points:
+        shared = FeatureExtractor(net, layers=points, pretrained=seeded(pretrained, seed))
+    for metric in metrics.values():
+        metric.net = shared
     return metrics
+
+
+def seeded(pretrained, seed):
+    """`pretrained`, having seeded torch's generator with `seed` when the backbone about to be built is random."""
+    if not pretrained:
+        torch.manual_seed(seed)
+    return pretrained
+
+
+def config_points(config):
+    """The extraction points of a configuration (method, channel_norm[, points]); None: all of its metric's."""
+    return list(config[2]) if len(config) > 2 else None
+
+
+def select_points(views, positions):
+    """Views cut down to the layers at `positions` of their list (None: all)."""
+    if positions is None:
+        return views
+    return {key: [layers[i] for i in positions] for key, layers in views.items()}
 
 
 def _shared_feature_metric(metrics):
@@ -423,9 +451,11 @@ def _shared_feature_metric(metrics):
 def batch_distances(metrics, images, pairs):
     """{config: [distances (N,) per pair]} for one batch of `images` ({name: tensor}).
 
-    `metrics` maps (method, channel_norm) to the DistanceMetric holding that configuration's
-    weights, all sharing one FeatureExtractor: each image goes through it once and its
-    views are made once, whatever the number of pairs and configurations.
+    `metrics` maps configurations to the DistanceMetric holding their weights, all sharing
+    one FeatureExtractor: each image goes through it once and its views are made once,
+    whatever the number of pairs and configurations. A configuration is (method,
+    channel_norm), over every point of that extractor, or (method, channel_norm, points)
+    over some of them (one configuration per point: `--per-layer`).
     """
     views = {name: metrics_views(metrics, images[name])
              for name in dict.fromkeys(name for pair in pairs for name in pair)}
@@ -435,19 +465,24 @@ def batch_distances(metrics, images, pairs):
 def metrics_views(metrics, x):
     """The views of images `x` that every configuration of `metrics` needs, from one backbone pass."""
     feature_metric = _shared_feature_metric(metrics)
-    return feature_metric.views(feature_metric.features(x), list(metrics))
+    return feature_metric.views(feature_metric.features(x), list(dict.fromkeys(config[:2] for config in metrics)))
 
 
 def compare_views(metrics, views, pairs):
     """{config: [distances (N,) per pair]} between precomputed views ({name: `metrics_views`})."""
-    groups = {}
+    feature_metric, groups = _shared_feature_metric(metrics), {}
     for config, metric in metrics.items():
-        groups.setdefault(id(metric), (metric, []))[1].append(config)
+        points = config_points(config)
+        every = points is None or points == feature_metric.net.layers
+        positions = None if every else tuple(feature_metric.net.layers.index(p) for p in points)
+        groups.setdefault((id(metric), positions), (metric, positions, []))[2].append(config)
     distances = {config: [None] * len(pairs) for config in metrics}
-    for metric, group in groups.values():
+    for metric, positions, group in groups.values():
         for i, (a, b) in enumerate(pairs):
-            for config, d in metric.compare(views[a], views[b], group).items():
-                distances[config][i] = d
+            found = metric.compare(select_points(views[a], positions), select_points(views[b], positions),
+                                   [config[:2] for config in group])
+            for config in group:
+                distances[config][i] = found[config[:2]]
     return distances
 
 
@@ -506,6 +541,8 @@ def make_loader(data, batch_size=50, num_workers=0, device="cpu"):
 def evaluate_net(net, args, sets, device, version=0, build=None):
     """Score `net` on `sets` for each configuration of `args` missing from OUT/results.csv.
 
+    The configurations are --method x --channel-norm over the net's extraction points
+    (`args.points[net]`), all of them at once or, with `args.per_layer`, one point each.
     `build(configs)` returns {config: metric} (default: `build_metrics` with the flags
     of `args`); it runs only if something is missing, so a finished net is never even
     loaded. A configuration counts as done only when computed on the same data (`n`,
@@ -513,7 +550,12 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
     `args.overwrite` recomputes everything.
     """
     path = results_path(args.out)
-    configs = [PIXEL_CONFIG] if net in PIXEL_METRICS else requested_configs(args.method, args.channel_norm)
+    if net in PIXEL_METRICS:
+        configs = [PIXEL_CONFIG]
+    else:
+        point_sets = [(p,) for p in args.points[net]] if args.per_layer else [tuple(args.points[net])]
+        configs = [(*config, point_set) for point_set in point_sets
+                   for config in requested_configs(args.method, args.channel_norm)]
     done = set() if args.overwrite else {result_key(row) for row in read_results(path)}
     run = run_columns(net, args, version)
     todo = []
@@ -527,7 +569,8 @@ def evaluate_net(net, args, sets, device, version=0, build=None):
         return
     needed = list(dict.fromkeys(config for *_, missing in todo for config in missing))
     metrics = build(needed) if build is not None else build_metrics(
-        net, args.variant, needed, args.normalize, args.lpips_weights, args.colorspace)
+        net, args.variant, needed, args.normalize, args.lpips_weights, pretrained=not args.random_init,
+        seed=args.seed, colorspace=args.colorspace)
     for metric in metrics.values():
         metric.to(device).eval()
     for dataset, subsplit, data, missing in todo:
@@ -606,22 +649,23 @@ def weights_identity(net, lpips_weights=None, weights=None, pretrained=True, see
 
 def run_columns(net, args, version=0):
     """The columns every results row of one evaluation of `net` with the flags `args` shares."""
-    if net in PIXEL_METRICS:  # no backbone: nothing trained, no layers, variant or weights
-        return {"net": net, "layers": NOT_APPLICABLE, "variant": NOT_APPLICABLE,
-                "normalize": args.colorspace.lower(), "version": "0",
+    if net in PIXEL_METRICS:  # no backbone: nothing trained, no variant or weights
+        return {"net": net, "variant": NOT_APPLICABLE, "normalize": args.colorspace.lower(), "version": "0",
                 "limit": "all" if args.limit is None else str(args.limit), "weights": NOT_APPLICABLE}
-    return {"net": net, "layers": layers_text(DEFAULT_LAYERS[net]), "variant": args.variant,
-            "normalize": args.normalize, "version": str(version),
+    return {"net": net, "variant": args.variant, "normalize": args.normalize, "version": str(version),
             "limit": "all" if args.limit is None else str(args.limit),
-            "weights": weights_identity(net, args.lpips_weights, pretrained=args.variant != "scratch",
+            "weights": weights_identity(net, args.lpips_weights,
+                                        pretrained=args.variant != "scratch" and not args.random_init,
                                         seed=args.seed + version)}
 
 
 def config_row(run, config, dataset, subsplit, n):
-    """The key columns of a results row, as written in results.csv."""
-    method, norm = config
-    norm = {True: "true", False: "false"}.get(norm, norm)  # a pixel metric's is NOT_APPLICABLE
-    return {**run, "method": method, "channel_norm": norm, "dataset": dataset, "subsplit": subsplit, "n": str(n)}
+    """The key columns of a results row, as written in results.csv; config is (method, channel_norm, points),
+    or a pixel metric's PIXEL_CONFIG, which has no points."""
+    method, norm, *points = config
+    return {**run, "layers": layers_text(points[0]) if points else NOT_APPLICABLE, "method": method,
+            "channel_norm": {True: "true", False: "false"}.get(norm, norm), "dataset": dataset,
+            "subsplit": subsplit, "n": str(n)}
 
 
 def result_key(row):
@@ -737,7 +781,13 @@ def _set_mean(run, dataset):
 
 def _table_order(config):
     return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER.get(column, ()) else
-                  len(TABLE_ORDER.get(column, ())), value) for column, value in zip(TABLE_KEY, config))
+                  len(TABLE_ORDER.get(column, ())), _points_order(value) if column == "layers" else value)
+                 for column, value in zip(TABLE_KEY, config))
+
+
+def _points_order(layers):
+    # numerically: a net's rows 1, 1-4-7-11, 4, 7, 11 rather than 1, 1-4-7-11, 11, 4, 7
+    return tuple(int(point) for point in layers.split("-") if point.isdigit())
 
 
 def weights_group(weights):
@@ -792,10 +842,34 @@ def build_parser():
         description="Score deep perceptual similarity metrics on the BAPPS validation sets (2AFC and JND). "
                     "Results go to OUT/results.csv (configurations already there are skipped) and the "
                     "table to OUT/results.md.")
-    parser.add_argument("--net", nargs="+", default=["alex"], metavar="NET",
-                        help="loss networks: alex, squeeze, vgg (or alexnet, squeezenet, squeezenet1_1, vgg16); "
-                             "and the pixel metrics l2, ssim (LPIPS's L2 and DSSIM, see --colorspace), alone or "
-                             "beside networks; default: alex")
+    parser.add_argument("--net", nargs="+", metavar="NET",
+                        help="loss networks, loaded one at a time: alex, squeeze, vgg (aliases alexnet, squeezenet, "
+                             "squeezenet1_1, vgg16) or any torchvision classifier of the registry under its "
+                             "torchvision name: vgg11/13/16/19[_bn], resnet18/34/50/101/152, wide_resnet50_2/101_2, "
+                             "resnext50_32x4d/101_32x8d, densenet121/161/169/201, squeezenet1_0, "
+                             "shufflenet_v2_x1_0/x2_0, mobilenet_v2, mobilenet_v3_large/small, "
+                             "mnasnet0_5/0_75/1_0/1_3, efficientnet_b0..b7, regnet_x_*/regnet_y_* (400mf, 800mf, "
+                             "1_6gf, 3_2gf, 8gf, 16gf, 32gf), googlenet, inception_v3; and the pixel metrics l2, "
+                             "ssim (LPIPS's L2 and DSSIM, see --colorspace), alone or beside networks; default: "
+                             "alex (with --preset: the preset's networks)")
+    parser.add_argument("--layers", nargs="+", type=int, metavar="I",
+                        help="extraction points, for every --net: point k is the k-th child module of the net's "
+                             "`features` (of the whole model for ResNets, ResNeXts, Wide ResNets, ShuffleNets, "
+                             "GoogLeNet and Inception v3, without their classification head and auxiliary "
+                             "classifiers; of `layers` for MNASNet; of `stem` then `trunk_output` for RegNets), "
+                             "as the original repository counts them; the activation is taken after it. "
+                             f"Default: {DEFAULT_RULE}")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="one configuration per extraction point instead of one with all of them (like the "
+                             "original's --no_multilayer); all come from one backbone pass per image")
+    parser.add_argument("--preset", choices=tuple(PRESETS),
+                        help="paper: the original repository's grid, 14 networks at four points each: "
+                             + ", ".join(f"{net} {'-'.join(map(str, points))}" for net, points in PRESET.items())
+                             + "; whole, or point by point with --per-layer; --net picks some of them")
+    parser.add_argument("--random-init", action="store_true",
+                        help="randomly initialised backbones (torchvision's init, drawn from --seed) instead of "
+                             "the ImageNet weights: the untrained-network control of DPS studies; their rows "
+                             "have weights random:seed<seed>")
     parser.add_argument("--method", nargs="+", default=["spatial"], choices=[*METHODS, "all"], metavar="METHOD",
                         help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
                              f"default: spatial")
@@ -845,11 +919,29 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.net = list(dict.fromkeys(net if net in PIXEL_METRICS else canonical_net(net) for net in args.net))
+        args.points = network_points(args)
+        args.net = list(args.points)
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
     return args
+
+
+def network_points(args):
+    """{canonical net: its extraction points} for --net, --layers and --preset, checked."""
+    nets = list(dict.fromkeys(net if net in PIXEL_METRICS else canonical_net(net) for net in args.net or ()))
+    pixel = {net: None for net in nets if net in PIXEL_METRICS}  # no extraction points
+    nets = [net for net in nets if net not in PIXEL_METRICS]
+    if args.preset is None:
+        return {**pixel, **{net: check_layers(net, args.layers) for net in nets or ([] if pixel else ["alex"])}}
+    grid = PRESETS[args.preset]
+    if args.layers is not None:
+        raise ValueError(f"--preset {args.preset} sets the extraction points of each network: drop --layers, "
+                         f"or drop --preset and pass --net and --layers")
+    outside = [net for net in nets if net not in grid]
+    if outside:
+        raise ValueError(f"--preset {args.preset} has no {', '.join(outside)}; its networks: {', '.join(grid)}")
+    return {**pixel, **{net: list(grid[net]) for net in nets or grid}}
 
 
 def check_args(args):
@@ -866,6 +958,7 @@ def check_args(args):
         raise ValueError("--variant lin without training evaluates given linear weights: pass --lpips-weights "
                          "official (LPIPS v0.1) or --lpips-weights PATH (an LPIPS-format file), or --train")
     check_training_args(args)
+    check_network_args(args)
     valid = [s for split in args.splits for s in SUBSPLITS[BAPPS_SETS[split][1]]]
     unknown = [s for s in args.subsplits or () if s not in valid]
     if unknown:
@@ -878,6 +971,34 @@ def check_args(args):
     pick_device(args.device)
     if not args.no_download:
         retry_settings()
+
+
+def check_network_args(args):
+    """Raise ValueError, saying the fix, for --layers, --per-layer and --random-init that cannot run."""
+    official_nets = [net for net, points in args.points.items() if net not in PIXEL_METRICS
+                     and (points != DEFAULT_LAYERS.get(net) or net not in LPIPS_NETS)]
+    if args.lpips_weights == "official" and official_nets:
+        raise ValueError(f"--lpips-weights official holds LPIPS's weights for alex, squeeze and vgg at their "
+                         f"default points, not for {', '.join(official_nets)} at "
+                         f"{'; '.join(layers_text(args.points[net]) for net in official_nets)}: train weights "
+                         f"with --train, or pass an LPIPS-format file that fits")
+    if args.per_layer and args.variant == "lin" and args.lpips_weights and not args.train:
+        check_single_point_weights(official_lpips_path(args.net[0]) if args.lpips_weights == "official"
+                                   else args.lpips_weights)
+    if args.random_init and args.train:
+        raise ValueError("--random-init evaluates untrained backbones; to train from a random backbone use "
+                         "--variant scratch --train")
+
+
+def check_single_point_weights(path):
+    """Raise ValueError unless the LPIPS-format file `path` (if it exists) holds linear weights for one point."""
+    if not os.path.isfile(path):
+        return  # the evaluation says which file is missing
+    count = len({re.sub(r"^(?:\w+_)?lin(\d+)\..*", r"\1", key) for key in load_state_dict_file(path)})
+    if count > 1:
+        raise ValueError(f"--per-layer scores each extraction point on its own, but {path} holds linear "
+                         f"weights for {count} points: pass weights trained for one point (--layers P "
+                         f"--variant lin --train), or drop --per-layer")
 
 
 def pick_device(name="auto"):
@@ -964,10 +1085,12 @@ def add_training_flags(parser):
         "training", "--train learns --variant lin (linear weights on the frozen backbone), tune (also the "
         "pretrained backbone) or scratch (also a randomly initialised backbone) on BAPPS train with the LPIPS "
         "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
-        "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>_<variant>_<method>_<cn|nocn>_"
-        "<normalize>/version_K; an interrupted training resumes from there, a finished one is reused. "
-        "results.csv names each version's rows by its lin.pth, so they never mix with rows of other weights "
-        "(such as --lpips-weights official); a version trained anew replaces the old one in the table.")
+        "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>[_<points>]_<variant>_<method>_"
+        "<cn|nocn>_<normalize>/version_K (<points> such as 1-4-7-11 when not the net's default); an "
+        "interrupted training resumes from there, a finished one is reused. With --per-layer each point is "
+        "trained on its own. results.csv names each version's rows by its lin.pth, so they never mix with rows "
+        "of other weights (such as --lpips-weights official); a version trained anew replaces the old one in "
+        "the table.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
                        metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")

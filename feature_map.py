@@ -2,6 +2,7 @@
 
     python feature_map.py --image rings _inv --network alexnet
     python feature_map.py --path photo.png --network vgg16 --max-channels 32
+    python feature_map.py --image rings _inv --network resnet50 --layers 2 4 5 7
     python feature_map.py --image rotate/clouds. --compare images/rotate/clouds_rot90.png --method sort
 
 `--image` picks the one file under `--image-dir` whose path (relative to it) contains
@@ -10,10 +11,11 @@ every given substring, ignoring case; `--path` names a file directly.
 An image's pictures are named after its path under `--image-dir` without the extension
 (`<name>`: `rotate/clouds`, so that `translate/clouds.png` does not overwrite them), or
 after its file name when it lies elsewhere. For each extraction layer k of the network
-(the LPIPS layers, k = 0, 1, ... in network order) `OUT/<name>_<net>_layer<k>.png` shows
-the first `--max-channels` channels as a grid: the raw activations on the left, the
-channel-normalised ones (divided by the L2 norm over channels at each position) on the
-right. Each channel map is stretched to [0, 1] on its own for display.
+(its default points or `--layers`, k = 0, 1, ... in network order)
+`OUT/<name>_<net>_layer<k>.png` shows the first `--max-channels` channels as a grid: the
+raw activations on the left, the channel-normalised ones (divided by the L2 norm over
+channels at each position) on the right. Each channel map is stretched to [0, 1] on its
+own for display.
 
 With `--compare PATH`, `OUT/<name>_vs_<name2>_<net>_<method>_<norm|raw>.png` (`/` in
 `<name2>` written as `-`) shows both
@@ -46,7 +48,7 @@ from PIL import Image
 from analysis import AnalysisError, build_metric, check_writable, image_files, network_name, positive_int
 from dataset_collector import load_image
 from experiment import METHODS, PARTS, channel_normalize, device_arg, write_atomic
-from loss_networks import WeightsUnavailableError
+from loss_networks import WeightsUnavailableError, check_layers, point_names
 
 
 def find_image(image_dir, substrings):
@@ -117,7 +119,8 @@ def write_feature_maps(metric, x, name, out, max_channels):
     for k, (index, f) in enumerate(zip(metric.net.layers, feats)):
         c, h, w = f.shape[1:]
         shown = f", first {max_channels} shown" if c > max_channels else ""
-        title = f"{name}: {net} layer {k} (features[{index}]), {c} channels of {h}x{w}{shown}"
+        where = f"point {index}, {point_names(net)[index]}"
+        title = f"{name}: {net} layer {k} ({where}), {c} channels of {h}x{w}{shown}"
         paths.append(os.path.join(out, f"{name}_{net}_layer{k}.png"))
         write_atomic(paths[-1], layer_figure(f[0], title, max_channels))
     return paths
@@ -177,7 +180,11 @@ def parse_args(argv=None):
     which.add_argument("--path", help="the image file")
     parser.add_argument("--image-dir", default="images", help="folder --image searches (default: images)")
     parser.add_argument("--network", type=network_name, default="alex",
-                        help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg; default: alexnet)")
+                        help="alexnet, squeezenet or vgg16 (or alex, squeeze, vgg), or any other network of the "
+                             "torchvision registry, such as resnet50 (python experiment.py --help lists them); "
+                             "default: alexnet")
+    parser.add_argument("--layers", nargs="+", type=int, metavar="I",
+                        help="extraction points, counted as in experiment.py --layers (default: the network's)")
     parser.add_argument("--out", default=os.path.join("logs", "feature_maps"),
                         help="output folder (default: logs/feature_maps)")
     parser.add_argument("--max-channels", type=positive_int, default=64,
@@ -193,7 +200,12 @@ def parse_args(argv=None):
     parser.add_argument("--weights-dir", default=None,
                         help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--show", action="store_true", help="open the pictures in the image viewer")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        check_layers(args.network, args.layers)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
 
 
 def draw(args):
@@ -206,7 +218,7 @@ def draw(args):
         if x1.shape != x.shape:
             raise AnalysisError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
                                 f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
-    metric = build_metric(args.network, args.weights_dir, args.device)
+    metric = build_metric(args.network, args.weights_dir, args.device, args.layers)
     paths = write_feature_maps(metric, x, picture_name(path, args.image_dir), args.out, args.max_channels)
     if args.compare is not None:
         paths.append(write_distance_map(metric, x, x1, (path, args.compare), args.out, args.method,

@@ -5,7 +5,8 @@ It is `experiment.py --train`'s engine, kept apart so that importing the metric 
 import Lightning; `experiment.LPIPSTraining` (and the other names here) still resolve,
 importing this module on first use.
 
-Each version lives in `OUT/<net>_<variant>_<method>_<cn|nocn>_<normalize>/version_K/`:
+Each version lives in `OUT/<net>[_<points>]_<variant>_<method>_<cn|nocn>_<normalize>/version_K/`
+(`<points>`, such as `1-4-7-11`, when they are not the net's default extraction points):
 Lightning's `last.ckpt` (the whole module, trained backbone included) and `lin.pth`, the
 linear weights in the LPIPS file format. To reuse a trained metric:
 
@@ -30,9 +31,9 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from dataset_collector import dataset_collector
-from experiment import (INITS, TRAINED_VARIANTS, DistanceMetric, evaluate_net, pick_device, requested_configs,
-                        score_2afc, write_atomic)
-from loss_networks import canonical_net
+from experiment import (INITS, TRAINED_VARIANTS, DistanceMetric, evaluate_net, layers_text, pick_device,
+                        requested_configs, score_2afc, write_atomic)
+from loss_networks import canonical_net, default_layers
 
 # resuming means checkpointing into a folder that holds the checkpoint: expected, not worth a warning
 warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
@@ -145,9 +146,11 @@ class LPIPSTraining(pl.LightningModule):
         self.eval()
 
 
-def version_dir(out, version, net, variant, method, channel_norm, normalize):
-    """Folder of one trained version, e.g. `OUT/alex_lin_spatial_cn_imagenet/version_0`."""
-    name = f"{net}_{variant}_{method}_{'cn' if channel_norm else 'nocn'}_{normalize}"
+def version_dir(out, version, net, variant, method, channel_norm, normalize, layers=None):
+    """Folder of one trained version, e.g. `OUT/alex_lin_spatial_cn_imagenet/version_0`; extraction
+    points other than the net's default are part of the name: `OUT/alex_1-4-7-11_lin_...`."""
+    points = "" if layers is None else f"_{layers_text(layers)}"
+    name = f"{net}{points}_{variant}_{method}_{'cn' if channel_norm else 'nocn'}_{normalize}"
     return os.path.join(out, name, f"version_{version}")
 
 
@@ -245,7 +248,7 @@ def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, lo
     module = LPIPSTraining(**hparams)
     hparams = dict(module.hparams)
     folder = version_dir(out, version, *(hparams[k] for k in ("net", "variant", "method", "channel_norm",
-                                                               "normalize")))
+                                                               "normalize", "layers")))
     last, lin_path = os.path.join(folder, "last.ckpt"), os.path.join(folder, "lin.pth")
     if os.path.isfile(last):
         check_same_training(last, hparams)
@@ -291,21 +294,34 @@ def is_global_zero():
 def train_net(net, args, sets, train_data, device):
     """Train --repetitions versions of each configuration of `net`, evaluating each into results.csv.
 
-    Finished versions are reused. Rows name each version by its lin.pth (`weights_identity`),
-    so a version trained anew is evaluated anew. With several processes (DDP) only the first
-    evaluates; the others wait for it.
+    A configuration is a method and channel norm on the net's extraction points
+    (`args.points[net]`), or with `args.per_layer` on each point alone. Finished versions
+    are reused. Rows name each version by its lin.pth (`weights_identity`), so a version
+    trained anew is evaluated anew. With several processes (DDP) only the first evaluates;
+    the others wait for it.
     """
-    for method, norm in requested_configs(args.method, args.channel_norm):
-        config_args = argparse.Namespace(**{**vars(args), "method": [method], "channel_norm": "on" if norm else "off"})
-        for version in range(args.repetitions):
-            module = train_version(train_data, args.out, version, seed=args.seed, batch_size=args.batch_size,
-                                   num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
-                                   net=net, method=method, channel_norm=norm, variant=args.variant,
-                                   normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init)
-            if is_global_zero():
-                folder = version_dir(args.out, version, net, args.variant, method, norm, args.normalize)
-                config_args.lpips_weights = os.path.join(folder, "lin.pth")
-                evaluate_net(net, config_args, sets, device, version,
-                             build=lambda configs, metric=module.metric: dict.fromkeys(configs, metric))
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.barrier()
+    points = args.points[net]
+    for layers in [[p] for p in points] if args.per_layer else [points]:
+        for method, norm in requested_configs(args.method, args.channel_norm):
+            train_config(net, args, sets, train_data, device, method, norm, layers)
+
+
+def train_config(net, args, sets, train_data, device, method, norm, layers):
+    """Train and evaluate the --repetitions versions of one configuration."""
+    config_args = argparse.Namespace(**{**vars(args), "method": [method], "channel_norm": "on" if norm else "off",
+                                        "points": {net: layers}, "per_layer": False})
+    # the net's default points stay unnamed, as in the versions trained before points could be chosen
+    named = None if layers == default_layers(net) else layers
+    for version in range(args.repetitions):
+        module = train_version(train_data, args.out, version, seed=args.seed, batch_size=args.batch_size,
+                               num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
+                               net=net, method=method, channel_norm=norm, variant=args.variant,
+                               normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init,
+                               layers=named)
+        if is_global_zero():
+            folder = version_dir(args.out, version, net, args.variant, method, norm, args.normalize, named)
+            config_args.lpips_weights = os.path.join(folder, "lin.pth")
+            evaluate_net(net, config_args, sets, device, version,
+                         build=lambda configs, metric=module.metric: dict.fromkeys(configs, metric))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()

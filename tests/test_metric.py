@@ -185,16 +185,18 @@ def test_lpips_weights_with_wrong_keys_are_refused(torch_home, tmp_path):
         DistanceMetric("alex", lin=True, lpips_weights=str(path))
 
 
-def test_missing_weights_without_network_name_file_url_and_folder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("net, file", [("alexnet", "alexnet-owt-7be5be79.pth"),
+                                       ("resnet50", "resnet50-0676ba61.pth")])  # IMAGENET1K_V1, not V2
+def test_missing_weights_without_network_name_file_url_and_folder(tmp_path, monkeypatch, net, file):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens there: no network
     with pytest.raises(WeightsUnavailableError) as error:
-        FeatureExtractor("alexnet")
+        FeatureExtractor(net)
     text = str(error.value)
-    assert "alexnet-owt-7be5be79.pth" in text and "https://download.pytorch.org/models/" in text
+    assert file in text and f"https://download.pytorch.org/models/{file}" in text
     assert str(tmp_path / "hub" / "checkpoints") in text
-    assert not (tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").exists()
+    assert not (tmp_path / "hub" / "checkpoints" / file).exists()
 
 
 def test_aliases_layers_and_frozen_extractor(torch_home):
