@@ -630,17 +630,12 @@ def lin_identity(path, lpips_weights):
     return f"{folder.parent.name}/{folder.name}/{name}" if re.fullmatch(r"version_\d+", folder.name) else name
 
 
-def weights_identity(net, lpips_weights=None, weights=None, pretrained=True, seed=0):
+def weights_identity(net, lpips_weights=None, pretrained=True, seed=0):
     """What a result was computed with: the backbone weights file (or random init) and the linear weights.
 
     Files are named by the start of their SHA-256, so a result is reused only for the same weights.
     """
-    if weights is not None:
-        backbone = file_identity(weights)
-    elif pretrained:
-        backbone = file_identity(fetch_pretrained(net))
-    else:
-        backbone = f"random:seed{seed}"
+    backbone = file_identity(fetch_pretrained(net)) if pretrained else f"random:seed{seed}"
     if lpips_weights is None:
         return backbone
     path = official_lpips_path(net) if lpips_weights == "official" else lpips_weights
