@@ -57,7 +57,7 @@ from PIL import Image
 import distance
 from dataset_collector import load_image
 from experiment import (ALL_CONFIGS, COLORSPACES, PAIRS, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, bapps_sets,
-                        batch_distances, evaluate, make_loader)
+                        batch_distances, evaluate, make_loader, pick_device)
 from loss_networks import LPIPS_NETS, build_classifier, canonical_net, checkpoint_path
 from pixel_metrics import PixelMetric, compare_ssim
 from tests.bapps_fake import make_bapps
@@ -436,8 +436,7 @@ def markdown(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     nets = [canonical_net(net) for net in args.net]
     rows = [bench_net(net, args, device) for net in nets]
     end_to_end = [bench_end_to_end(net, args, device) for net in nets] if args.end_to_end else []

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from dataset_collector import IMAGE_EXTENSIONS, ImageLoadError, image_files, load_image
 from experiment import (ALL_CONFIGS, CHANNEL_NORMS, METHODS, NORMALIZATIONS, atomic_open, batch_distances,
-                        build_metrics, compare_views, metrics_views, pick_device, requested_configs, write_atomic)
+                        build_metrics, compare_views, device_arg, metrics_views, requested_configs, write_atomic)
 from loss_networks import WeightsUnavailableError, canonical_net
 
 PAIR_COLUMNS = ("path0", "path1", "distance")
@@ -483,7 +483,7 @@ def parse_args(argv=None):
     config.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
                         help="input normalisation; lpips: the one LPIPS's weights were trained with "
                              "(default: %(default)s)")
-    config.add_argument("--device", default="auto",
+    config.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: %(default)s)")
     files = parser.add_argument_group("files")
     files.add_argument("--size", type=int, metavar="N", help="resize every image to N x N (default: as stored; "
@@ -538,7 +538,7 @@ def check_args(args):
 
 def run(args):
     """Check the paths, then load the metric and compare: a bad path fails before the network loads."""
-    device = pick_device(args.device)
+    device = args.device
     if args.all_pairs is not None:
         if path_kind(args.all_pairs) != "folder":
             raise DistanceError(f"--all-pairs takes a folder, {args.all_pairs} is a file")

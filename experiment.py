@@ -644,11 +644,11 @@ def weights_identity(net, lpips_weights=None, pretrained=True, seed=0):
 
 def run_columns(net, args, version=0):
     """The columns every results row of one evaluation of `net` with the flags `args` shares."""
+    limit = "all" if args.limit is None else str(args.limit)
     if net in PIXEL_METRICS:  # no backbone: nothing trained, no variant or weights
         return {"net": net, "variant": NOT_APPLICABLE, "normalize": args.colorspace.lower(), "version": "0",
-                "limit": "all" if args.limit is None else str(args.limit), "weights": NOT_APPLICABLE}
-    return {"net": net, "variant": args.variant, "normalize": args.normalize, "version": str(version),
-            "limit": "all" if args.limit is None else str(args.limit),
+                "limit": limit, "weights": NOT_APPLICABLE}
+    return {"net": net, "variant": args.variant, "normalize": args.normalize, "version": str(version), "limit": limit,
             "weights": weights_identity(net, args.lpips_weights,
                                         pretrained=args.variant != "scratch" and not args.random_init,
                                         seed=args.seed + version)}
