@@ -50,8 +50,8 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from dataset_collector import image_files, load_image
-from experiment import (CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, layers_text, requested_configs,
-                        write_atomic)
+from experiment import (CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, layers_text, positive_int,
+                        requested_configs, write_atomic)
 from loss_networks import LPIPS_NETS, WeightsUnavailableError, canonical_net, check_layers, checkpoint_path
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
@@ -145,17 +145,6 @@ def network_name(name):
         return canonical_net(name)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def positive_int(text):
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def check_writable(folder, outputs=()):

@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from dataset_collector import IMAGE_EXTENSIONS, ImageLoadError, image_files, load_image
 from experiment import (ALL_CONFIGS, CHANNEL_NORMS, METHODS, NORMALIZATIONS, atomic_open, batch_distances,
-                        build_metrics, compare_views, device_arg, metrics_views, requested_configs, write_atomic)
+                        build_metrics, compare_views, device_arg, metrics_views, positive_int, requested_configs,
+                        write_atomic)
 from loss_networks import WeightsUnavailableError, canonical_net
 
 PAIR_COLUMNS = ("path0", "path1", "distance")
@@ -486,13 +487,13 @@ def parse_args(argv=None):
     config.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: %(default)s)")
     files = parser.add_argument_group("files")
-    files.add_argument("--size", type=int, metavar="N", help="resize every image to N x N (default: as stored; "
+    files.add_argument("--size", type=positive_int, metavar="N", help="resize every image to N x N (default: as stored; "
                                                              "the two images of a pair must then have one size)")
     files.add_argument("--strict", action="store_true", help="a file present in only one folder is an error")
     files.add_argument("--skip-bad", action="store_true",
                        help="list and skip pairs (or images) that cannot be read or differ in size, instead of "
                             "stopping at the first")
-    files.add_argument("--batch-size", type=int, metavar="N",
+    files.add_argument("--batch-size", type=positive_int, metavar="N",
                        help=f"pairs per backbone pass, --all-pairs: twice as many images (default: {MAX_BATCH} "
                             f"for 64x64 images, fewer for larger ones, so that memory stays flat)")
     files.add_argument("--num-workers", type=int, metavar="N",
@@ -527,10 +528,8 @@ def check_args(args):
     if args.variant == "lin" and not args.lpips_weights:
         raise ValueError("--variant lin needs linear weights: --lpips-weights official (LPIPS v0.1) or "
                          "--lpips-weights PATH (an LPIPS-format file)")
-    for flag, value, least in (("--size", args.size, 1), ("--batch-size", args.batch_size, 1),
-                               ("--num-workers", args.num_workers, 0)):
-        if value is not None and value < least:
-            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"--num-workers must be at least 0, got {args.num_workers}")
     args.net = canonical_net(args.net)
     args.configs = ALL_CONFIGS if args.all_configs else requested_configs(args.method or ["spatial"],
                                                                            args.channel_norm or "on")

@@ -1024,6 +1024,17 @@ def device_arg(name):
         raise argparse.ArgumentTypeError(str(err).removeprefix("--device ")) from None
 
 
+def positive_int(text):
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def weights_version(lpips_weights):
     """The version a linear-weights file was trained as (its folder `version_K`), else 0."""
     if lpips_weights in (None, "official"):

@@ -45,9 +45,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis import AnalysisError, build_metric, check_writable, image_files, network_name, positive_int
-from dataset_collector import load_image
-from experiment import METHODS, PARTS, channel_normalize, device_arg, write_atomic
+from analysis import AnalysisError, build_metric, check_writable, network_name
+from dataset_collector import image_files, load_image
+from experiment import METHODS, PARTS, channel_normalize, device_arg, positive_int, write_atomic
 from loss_networks import WeightsUnavailableError, check_layers, point_names
 
 

@@ -250,6 +250,7 @@ def test_metric_errors_reach_the_user_as_one_line(folders, tmp_path, monkeypatch
     (["a.png", "b.png", "--all-configs", "--method", "sort"], "--all-configs"),
     (["a.png", "b.png", "--plot"], "--plot"),
     (["a.png", "b.png", "--net", "resnet9000"], "unknown network"),
+    (["a.png", "b.png", "--size", "0"], "argument --size: must be at least 1, got 0"),
 ])
 def test_flag_errors_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
