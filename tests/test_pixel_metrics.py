@@ -16,8 +16,9 @@ from skimage.metrics import structural_similarity
 
 from bapps_fake import make_bapps
 from experiment import main
-from pixel_metrics import (COLORSPACES, PIXEL_METRICS, PixelMetric, compare_ssim, rgb8_to_lab, ssim, ssim_stats,
-                           to_8bit)
+import pixel_metrics
+from pixel_metrics import (COLORSPACES, LAB_MARGIN, PIXEL_METRICS, PixelMetric, compare_ssim, rgb8_to_lab, rgb_ssim,
+                           rgb_ssim_stats, ssim, ssim_stats, to_8bit, window_sums)
 from test_evaluation import expected_scores, read_csv, run
 
 LPIPS_MODELS = {"l2": lpips.L2, "ssim": lpips.DSSIM}
@@ -71,7 +72,7 @@ def test_near_identical_images_are_where_the_float32_rounding_matters(lpips_ssim
     x0, x1 = x0[-6:], x1[-6:]
     theirs = lpips_values("ssim", "Lab", x0, x1)
     assert max_relative(PixelMetric("ssim", "Lab")(x0, x1), theirs) <= 1e-6
-    lab0, lab1 = (rgb8_to_lab(to_8bit(x.numpy())).astype(np.float64) for x in (x0, x1))
+    lab0, lab1 = (rgb8_to_lab(to_8bit(x)).numpy().astype(np.float64) for x in (x0, x1))
     in_float64 = (1 - ssim(ssim_stats(lab0), ssim_stats(lab1), 100.0)) / 2
     assert max_relative(torch.from_numpy(in_float64), theirs) > 1e-6
 
@@ -80,17 +81,65 @@ def test_to_8bit_is_lpips_tensor2im():
     grid = torch.arange(256, dtype=torch.float32) / 255  # PNG levels: some land one below after 2x - 1
     x = torch.cat([grid, torch.rand(4000, generator=torch.Generator().manual_seed(1))]).view(1, 1, 1, -1)
     x = x.expand(1, 3, 1, -1)
-    assert np.array_equal(to_8bit(x.numpy())[0].transpose(1, 2, 0), lpips.tensor2im(2 * x - 1))
-    assert (to_8bit(grid.numpy()) != np.arange(256)).any()
+    assert np.array_equal(to_8bit(x)[0].permute(1, 2, 0).numpy(), lpips.tensor2im(2 * x - 1))
+    assert (to_8bit(grid) != torch.arange(256)).any()
+
+
+def every_colour(step):
+    """Every `step`-th 8-bit colour as one (1, 3, 64, W) uint8 image."""
+    code = np.arange(0, 2 ** 24, step, dtype=np.uint32)
+    code = code[:len(code) // 64 * 64]
+    rgb = np.stack([(code >> 16) & 255, (code >> 8) & 255, code & 255]).astype(np.uint8)
+    return torch.from_numpy(rgb.reshape(1, 3, 64, -1))
+
+
+def scikit_lab(rgb8):
+    return torch.from_numpy(rgb2lab(rgb8[0].permute(1, 2, 0).numpy()).astype(np.float32)).permute(2, 0, 1)[None]
 
 
 def test_lab_is_scikit_image_rgb2lab_rounded_to_float32():
     g = torch.Generator().manual_seed(2)
-    colours = torch.randint(0, 256, (4, 3, 16, 16), generator=g, dtype=torch.uint8).numpy()
-    grays = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16), (1, 3, 16, 16))  # a, b near 0
+    colours = torch.randint(0, 256, (4, 3, 16, 16), generator=g, dtype=torch.uint8)
+    grays = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)  # a, b near 0
     for rgb8 in (colours, grays):
-        theirs = rgb2lab(rgb8.transpose(0, 2, 3, 1)).astype(np.float32)
-        assert np.array_equal(rgb8_to_lab(rgb8).transpose(0, 2, 3, 1), theirs)
+        theirs = rgb2lab(rgb8.permute(0, 2, 3, 1).numpy()).astype(np.float32)
+        assert np.array_equal(rgb8_to_lab(rgb8).permute(0, 2, 3, 1).numpy(), theirs)
+    rgb8 = every_colour(61)  # 275,000 colours across the cube
+    assert torch.equal(rgb8_to_lab(rgb8), scikit_lab(rgb8))
+
+
+def test_values_near_a_float32_rounding_boundary_are_redone_exactly(monkeypatch):
+    # the fast float64 path moved by a third of the margin, as another libm might move it: some
+    # values then round to other float32 values, and the exact redo must restore every one
+    rgb8 = every_colour(127)
+    exact_fast = pixel_metrics.lab_float64(rgb8)
+    shift = torch.where(torch.rand(exact_fast.shape, generator=torch.Generator().manual_seed(4)) < 0.5, -1, 1)
+    moved = exact_fast + shift * LAB_MARGIN / 3
+    assert (moved.float() != scikit_lab(rgb8)).sum() > 0
+    monkeypatch.setattr(pixel_metrics, "lab_float64", lambda _: moved)
+    assert torch.equal(rgb8_to_lab(rgb8), scikit_lab(rgb8))
+
+
+def test_window_sums_are_plain_sums_over_7x7_windows():
+    x = torch.randint(0, 256, (2, 3, 12, 9), generator=torch.Generator().manual_seed(5)).float()
+    x = x * x
+    expected = torch.stack([torch.stack([x[..., i:i + 7, j:j + 7].sum((-2, -1)) for j in range(3)], -1)
+                            for i in range(6)], -2)
+    assert torch.equal(window_sums(x), expected)
+
+
+def test_rgb_ssim_from_window_sums_is_structural_similarity():
+    g = torch.Generator().manual_seed(6)
+    a = torch.randint(0, 256, (4, 3, 20, 24), generator=g, dtype=torch.uint8)
+    near = (a.int() + torch.randint(-1, 2, a.shape, generator=g) * (torch.rand(a.shape, generator=g) < 0.02))
+    b = torch.cat([torch.randint(0, 256, (2, 3, 20, 24), generator=g, dtype=torch.uint8),
+                   near[2:].clamp(0, 255).to(torch.uint8)])  # SSIM near 1 in the last two
+    ours = rgb_ssim(rgb_ssim_stats(a), rgb_ssim_stats(b))
+    for i in range(len(a)):
+        theirs = structural_similarity(a[i].permute(1, 2, 0).numpy().astype(np.float64),
+                                       b[i].permute(1, 2, 0).numpy().astype(np.float64), data_range=255,
+                                       channel_axis=-1)
+        assert (1 - ours[i].item()) / 2 == pytest.approx((1 - theirs) / 2, rel=1e-9, abs=0)
 
 
 @pytest.mark.parametrize("dtype, data_range, rtol", [(np.float32, 100.0, 0), (np.float64, 255.0, 1e-14)])
@@ -120,6 +169,7 @@ def test_identical_images_are_at_distance_zero():
     for name in PIXEL_METRICS:
         for colorspace in COLORSPACES:
             assert (PixelMetric(name, colorspace)(x, x) == 0).all()
+            assert PixelMetric(name, colorspace)(x[:0], x[:0]).shape == (0,)
 
 
 def test_bad_names_and_inputs_say_what_to_do():
@@ -132,8 +182,10 @@ def test_bad_names_and_inputs_say_what_to_do():
         PixelMetric("ssim")(2 * x - 1, x)
     with pytest.raises(ValueError, match="differ in shape"):
         PixelMetric("l2")(x, torch.rand(1, 3, 16, 8))
+    threads = torch.get_num_threads()
     with pytest.raises(ValueError, match="smaller than SSIM's 7x7 window"):
         PixelMetric("ssim")(x[..., :6], x[..., :6])
+    assert torch.get_num_threads() == threads  # set back after the error
 
 
 # ---------------------------------------------------------------- the BAPPS evaluation
