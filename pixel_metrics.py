@@ -16,20 +16,25 @@ scikit-image no longer has. This file computes the same numbers for whole batche
 
 What is LPIPS's to the last bit, and how it is made fast:
 
+- 8 bits: `tensor2im`'s float32 steps, one compiled loop (numba) per image.
 - Lab: the float32 Lab image equals scikit-image's bit for bit. It is computed in
-  float64 with torch (vectorised, threaded), within 3.4e-13 of scikit-image's float64
-  values over all 2^24 8-bit colours; where a value lies within `LAB_MARGIN` of a
-  float32 rounding boundary (1 value in 30,000 over all colours), its image row is
-  converted again with scikit-image's own numpy operations.
+  float64 by one compiled loop per pixel, within 7.3e-13 of scikit-image's float64
+  values over all 2^24 8-bit colours (its cube root is a table's line and one Halley
+  step, not libm's); where a value lies within `LAB_MARGIN` of a float32 rounding
+  boundary (1 value in 30,000 over all colours), its image row is converted again with
+  scikit-image's own numpy operations.
 - Lab SSIM: in float32, where DSSIM near 0 amplifies every rounding, scikit-image's
   operations in its order (scipy's uniform_filter, numpy's float32 arithmetic), so the
-  same bits.
-- RGB SSIM: the 8-bit values make every 7x7 window sum of x, x^2 and x*y a small
-  integer, so the sums are exact (int16, int32) and SSIM follows from them in float64
+  same bits with whatever scipy is installed.
+- RGB SSIM: the 8-bit values make every 7x7 window sum of x, x^2 and x*y an integer,
+  so the sums are exact (running sums, int64) and SSIM follows from them in float64
   with exact variances; it differs from scikit-image's float64 only by its rounding
-  (SSIM within 3.2e-13 relative, DSSIM within 2e-10 even near SSIM 1, in the tests'
-  kind of images).
+  (DSSIM within 1e-9 relative even near SSIM 1, in the tests' kind of images).
 - L2: numpy's float32 mean in LPIPS's (H, W, 3) order, or LPIPS's own torch means.
+
+The compiled loops are cached beside this file after their first use (`__pycache__`,
+a few seconds once). Each batch is cut into one part per torch thread, run on a thread
+pool (the loops release the GIL), and malloc keeps freed memory (`keep_freed_memory`).
 
 Images are float tensors in [0, 1], (N, 3, H, W), RGB, as everywhere in this project:
 
@@ -41,10 +46,13 @@ The split into `features` (per image: colour conversion, SSIM's local statistics
 `python experiment.py --net l2 ssim` scores these like any configuration.
 """
 import contextlib
+import ctypes
 import functools
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import torch
 import torch.nn as nn
@@ -58,8 +66,8 @@ XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
                          [0.019334, 0.119193, 0.950227]])
 D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 LAB_CUBE_ROOT_ABOVE = 0.008856  # below, Lab's f(t) is linear; no 8-bit colour has t within 2e-9 of it
-# Our float64 Lab is within 3.4e-13 of scikit-image's for every 8-bit colour (measured on all 2^24
-# with torch 2.14 / numpy 2.4); values this close to a float32 rounding boundary are redone exactly.
+# Our float64 Lab is within 7.3e-13 of scikit-image's for every 8-bit colour (measured on all 2^24
+# with numba 0.68 / numpy 2.4); values this close to a float32 rounding boundary are redone exactly.
 LAB_MARGIN = 1e-11
 LAB_RANGE, RGB_RANGE = 100.0, 255.0
 SSIM_WINDOW, SSIM_K1, SSIM_K2 = 7, 0.01, 0.03  # scikit-image's defaults, which LPIPS keeps
@@ -74,9 +82,28 @@ def srgb_linear_table():
 
 
 SRGB_LINEAR = srgb_linear_table()
-SRGB_LINEAR_T = torch.from_numpy(SRGB_LINEAR)
-XYZ_OVER_WHITE = (XYZ_FROM_RGB / D65_WHITE[:, None]).tolist()
+XYZ_OVER_WHITE = XYZ_FROM_RGB / D65_WHITE[:, None]
 MINUS_ONE = torch.tensor(-1.0)
+FLOAT32_ZERO, FLOAT32_ONE, FLOAT32_TWO = np.float32(0), np.float32(1), np.float32(2)
+FLOAT32_HALF_LEVELS, FLOAT32_TOP = np.float32(127.5), np.float32(255)
+
+
+M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.cache
+def keep_freed_memory():
+    """Have glibc's malloc keep freed memory for reuse: up to 64 MiB at the top of each arena, and
+    arrays under 32 MiB served from it. Process-wide, once; a no-op off Linux.
+
+    By default, a freed array of a few MiB goes back to the system and the next one is
+    mapped afresh, a page fault per 4 KiB: with a batch's temporaries that was up to 3x the
+    time of the arithmetic (measured with getrusage, `python bench.py --pixel 1000`).
+    """
+    if sys.platform.startswith("linux"):
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(M_TOP_PAD, 64 << 20)
 
 
 @functools.cache
@@ -98,14 +125,26 @@ def torch_on_one_thread():
 
 
 def in_threads(function, *parts):
-    """[function(*part_i)] over the parts (sequences of equal length), one thread each: torch's,
-    numpy's and scipy's loops release the GIL. Run it within `torch_on_one_thread`."""
+    """[function(*part_i)] over the parts (sequences of equal length), one thread each: the compiled
+    loops, torch's, numpy's and scipy's release the GIL. Run it within `torch_on_one_thread`."""
     return list(thread_pool(len(parts[0])).map(function, *parts))
 
 
+@numba.njit(nogil=True, cache=True)
 def to_8bit(x):
-    """LPIPS's `tensor2im` of the [-1, 1] image 2x - 1 (x in [0, 1]): (v + 1) * 127.5 in float32, truncated."""
-    return x.float().mul(2).sub_(1).add_(1).mul_(127.5).clamp_(0, 255).to(torch.uint8)
+    """LPIPS's `tensor2im` of the [-1, 1] image 2x - 1, for float32 images x (N, 3, H, W) in [0, 1]:
+    ((2x - 1) + 1) * 127.5, each step rounded to float32, truncated to uint8.
+
+    The constants are float32, so every step is the float32 operation torch and numpy do.
+    """
+    rgb8 = np.empty(x.shape, np.uint8)
+    for i in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for y in range(x.shape[2]):
+                for k in range(x.shape[3]):
+                    v = ((x[i, c, y, k] * FLOAT32_TWO - FLOAT32_ONE) + FLOAT32_ONE) * FLOAT32_HALF_LEVELS
+                    rgb8[i, c, y, k] = min(max(v, FLOAT32_ZERO), FLOAT32_TOP)
+    return rgb8
 
 
 def lab_exact(rgb8):
@@ -117,39 +156,81 @@ def lab_exact(rgb8):
     return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], -1).astype(np.float32)
 
 
-def lab_float64(rgb8):
-    """rgb2lab's formula on 8-bit images (N, 3, H, W) in torch float64: (N, 3, H, W), within 3.4e-13 of it.
+def cube_root_table():
+    """Lab's cube root at t = k / CUBE_ROOT_KNOTS over t in [0, 1.1] (8-bit colours reach 1.0888), and each knot's slope to the next."""
+    root = np.cbrt(np.arange(int(1.1 * CUBE_ROOT_KNOTS) + 2) / CUBE_ROOT_KNOTS)
+    return root, np.diff(root, append=root[-1]) * CUBE_ROOT_KNOTS
 
-    The white is folded into the matrix and the cube root is exp(log(t) / 3): other
-    roundings than scikit-image's, far below float32's.
+
+CUBE_ROOT_KNOTS = 4096  # a power of 2, so k / knots is exact
+CUBE_ROOT, CUBE_ROOT_SLOPE = cube_root_table()
+
+
+@numba.njit(nogil=True, cache=True)
+def lab_f(t):
+    """Lab's f(t): linear up to 0.008856, above it the cube root, within 7e-15 of np.cbrt.
+
+    The root is the table's line between two knots (within 2e-5), then one Halley step
+    (the error cubed): no libm call, which would cost more than the rest of a pixel.
     """
-    linear = SRGB_LINEAR_T.index_select(0, rgb8.flatten().int()).view(rgb8.shape)  # take() is 10x slower
-    r, g, b = linear.unbind(1)
-    t = torch.empty_like(linear)
-    for channel, (m_r, m_g, m_b) in enumerate(XYZ_OVER_WHITE):
-        torch.mul(r, m_r, out=t[:, channel]).add_(g, alpha=m_g).add_(b, alpha=m_b)
-    f = torch.where(t > LAB_CUBE_ROOT_ABOVE, t.log().div_(3).exp_(), 7.787 * t + 16.0 / 116.0)
-    fx, fy, fz = f.unbind(1)
-    lab = torch.empty_like(f)
-    torch.mul(fy, 116.0, out=lab[:, 0]).sub_(16.0)
-    torch.sub(fx, fy, out=lab[:, 1]).mul_(500.0)
-    torch.sub(fy, fz, out=lab[:, 2]).mul_(200.0)
+    if t <= LAB_CUBE_ROOT_ABOVE:
+        return 7.787 * t + 16.0 / 116.0
+    k = int(t * CUBE_ROOT_KNOTS)
+    y = CUBE_ROOT[k] + CUBE_ROOT_SLOPE[k] * (t - k / CUBE_ROOT_KNOTS)
+    y3 = y * y * y
+    return y * (y3 + 2.0 * t) / (2.0 * y3 + t)
+
+
+@numba.njit(nogil=True, cache=True)
+def lab_float64(rgb8):
+    """rgb2lab's formula on 8-bit images (N, 3, H, W), one pass per pixel in float64: (N, 3, H, W), within
+    7.3e-13 of scikit-image's float64 values for every 8-bit colour.
+
+    The white is folded into the matrix and the cube root is `lab_f`'s: other roundings
+    than scikit-image's, far below float32's.
+    """
+    lab = np.empty(rgb8.shape)
+    for i in range(rgb8.shape[0]):
+        for y in range(rgb8.shape[2]):
+            for x in range(rgb8.shape[3]):
+                r, g, b = SRGB_LINEAR[rgb8[i, 0, y, x]], SRGB_LINEAR[rgb8[i, 1, y, x]], SRGB_LINEAR[rgb8[i, 2, y, x]]
+                fx = lab_f(XYZ_OVER_WHITE[0, 0] * r + XYZ_OVER_WHITE[0, 1] * g + XYZ_OVER_WHITE[0, 2] * b)
+                fy = lab_f(XYZ_OVER_WHITE[1, 0] * r + XYZ_OVER_WHITE[1, 1] * g + XYZ_OVER_WHITE[1, 2] * b)
+                fz = lab_f(XYZ_OVER_WHITE[2, 0] * r + XYZ_OVER_WHITE[2, 1] * g + XYZ_OVER_WHITE[2, 2] * b)
+                lab[i, 0, y, x] = 116.0 * fy - 16.0
+                lab[i, 1, y, x] = 500.0 * (fx - fy)
+                lab[i, 2, y, x] = 200.0 * (fy - fz)
     return lab
 
 
+@numba.njit(nogil=True, cache=True)
+def round_to_float32(lab64):
+    """(lab64 as float32, unsure (N, H)): unsure marks the image rows holding a value within
+    LAB_MARGIN of a float32 rounding boundary, which another float64 rounding could round otherwise."""
+    lab = np.empty(lab64.shape, np.float32)
+    unsure = np.zeros((lab64.shape[0], lab64.shape[2]), np.bool_)
+    for i in range(lab64.shape[0]):
+        for c in range(lab64.shape[1]):
+            for y in range(lab64.shape[2]):
+                near = False
+                for x in range(lab64.shape[3]):
+                    v = lab64[i, c, y, x]
+                    lab[i, c, y, x] = v
+                    near |= np.float32(v - LAB_MARGIN) != np.float32(v + LAB_MARGIN)
+                unsure[i, y] |= near
+    return lab, unsure
+
+
 def rgb8_to_lab(rgb8):
-    """scikit-image's rgb2lab of 8-bit images (N, 3, H, W) uint8 tensor, as float32 (N, 3, H, W): the same bits.
+    """scikit-image's rgb2lab of 8-bit images (N, 3, H, W) uint8, as float32 (N, 3, H, W): the same bits.
 
     The float64 values round to float32 as scikit-image's do unless they lie within
     LAB_MARGIN of a rounding boundary; the rows holding such a value are redone with
     scikit-image's operations (`lab_exact`).
     """
-    lab64 = lab_float64(rgb8)
-    lab = lab64.float()
-    unsure = ((lab64 + LAB_MARGIN).float() != (lab64 - LAB_MARGIN).float()).any(1).any(-1)  # (N, H) rows
+    lab, unsure = round_to_float32(lab_float64(rgb8))
     if unsure.any():
-        rows = rgb8.permute(0, 2, 3, 1)[unsure].numpy()
-        lab.permute(0, 2, 3, 1)[unsure] = torch.from_numpy(lab_exact(rows))
+        lab.transpose(0, 2, 3, 1)[unsure] = lab_exact(rgb8.transpose(0, 2, 3, 1)[unsure])
     return lab
 
 
@@ -203,50 +284,77 @@ def ssim(stats0, stats1, data_range):
     return similarity.mean((2, 3), dtype=np.float64).astype(image0.dtype).mean(1)
 
 
-def window_sums(x):
-    """The sum of every 7x7 window inside (N, C, H, W): (N, C, H - 6, W - 6).
+@numba.njit(nogil=True, cache=True)
+def window_sums(v):
+    """The sum of every 7x7 window inside an integer plane v (H, W): (H - 6, W - 6) int64, exact.
 
-    Exact for integers: int16 holds the sums of 8-bit values, int32 those of their squares
-    and products. Built from sums of 2 and 4 neighbours: 4 additions per axis, not 6.
+    Running sums: each row of column sums from the one above (one row in, one out), then
+    along each row the same; two additions per pixel and axis, not seven.
     """
-    for dim in (-1, -2):
-        n = x.shape[dim] - SSIM_WINDOW + 1
-        pairs = x.narrow(dim, 0, n + 5) + x.narrow(dim, 1, n + 5)
-        fours = pairs.narrow(dim, 0, n + 3) + pairs.narrow(dim, 2, n + 3)
-        x = fours.narrow(dim, 0, n) + pairs.narrow(dim, 4, n) + x.narrow(dim, 6, n)
-    return x
+    n = SSIM_WINDOW
+    columns = np.zeros((v.shape[0] - n + 1, v.shape[1]), np.int64)
+    for y in range(n):
+        for x in range(v.shape[1]):
+            columns[0, x] += v[y, x]
+    for y in range(1, columns.shape[0]):
+        for x in range(v.shape[1]):
+            columns[y, x] = columns[y - 1, x] + v[y + n - 1, x] - v[y - 1, x]
+    sums = np.empty((columns.shape[0], v.shape[1] - n + 1), np.int64)
+    for y in range(columns.shape[0]):
+        total = 0
+        for x in range(n):
+            total += columns[y, x]
+        sums[y, 0] = total
+        for x in range(1, sums.shape[1]):
+            total += columns[y, x + n - 1] - columns[y, x - 1]
+            sums[y, x] = total
+    return sums
 
 
+# C1 n^2 and C2 n (n - 1) for range 255: the constants of SSIM's window-sum form (`rgb_ssim`)
+RGB_C1 = (SSIM_K1 * RGB_RANGE) ** 2 * WINDOW_PIXELS ** 2
+RGB_C2 = (SSIM_K2 * RGB_RANGE) ** 2 * WINDOW_PIXELS * (WINDOW_PIXELS - 1)
+
+
+@numba.njit(nogil=True, cache=True)
 def rgb_ssim_stats(rgb8):
-    """What RGB SSIM needs of one 8-bit image: (values, window sums, two per-image halves of its terms).
+    """What RGB SSIM needs of 8-bit images (N, C, H, W) without their partners: the window sums of
+    the values and of their squares, each (N, C, H - 6, W - 6) int64."""
+    n, channels, h, w = rgb8.shape
+    sums = np.empty((2, n, channels, h - SSIM_WINDOW + 1, w - SSIM_WINDOW + 1), np.int64)
+    for i in range(n):
+        for c in range(channels):
+            v = rgb8[i, c].astype(np.int64)
+            sums[0, i, c] = window_sums(v)
+            sums[1, i, c] = window_sums(v * v)
+    return sums[0], sums[1]
 
-    With window sums a, b, sums of squares and of products, and n = 49 pixels, SSIM's
-    map is (2ab + C1 n^2)(2(n Sxy - ab) + C2 n(n-1)) / ((a^2 + b^2 + C1 n^2)(n Sxx - a^2 +
-    n Syy - b^2 + C2 n(n-1))): scikit-image's formula with the n's cancelled.
+
+@numba.njit(nogil=True, cache=True)
+def rgb_ssim(x0, stats0, x1, stats1):
+    """structural_similarity(..., data_range=255, channel_axis) of 8-bit image pairs (N, C, H, W), with their
+    `rgb_ssim_stats`: (N,) float64.
+
+    With window sums a, b, sums of squares Saa, Sbb and of products Sab, and n = 49
+    pixels, SSIM's map is (2ab + C1 n^2)(2(n Sab - ab) + C2 n(n-1)) / ((a^2 + b^2 + C1 n^2)
+    (n (Saa + Sbb) - a^2 - b^2 + C2 n(n-1))): scikit-image's formula with the n's
+    cancelled. The sums and their integer terms are exact, so the variances are too.
     """
-    c1, c2 = rgb_ssim_constants()
-    x = rgb8.short()  # window sums of 8-bit values fit 16 bits; squares and products take 32
-    total = window_sums(x).double()
-    squares = total * total
-    spread = window_sums(x.int().square_()).double().mul_(WINDOW_PIXELS).sub_(squares)  # n^2 (n-1)/n variance
-    return x, total, squares.add_(c1 / 2), spread.add_(c2 / 2)
-
-
-def rgb_ssim_constants():
-    """C1 n^2 and C2 n (n - 1) for range 255: the constants of the window-sum form of SSIM."""
-    return ((SSIM_K1 * RGB_RANGE) ** 2 * WINDOW_PIXELS ** 2,
-            (SSIM_K2 * RGB_RANGE) ** 2 * WINDOW_PIXELS * (WINDOW_PIXELS - 1))
-
-
-def rgb_ssim(stats0, stats1):
-    """structural_similarity(..., data_range=255, channel_axis) of 8-bit images from `rgb_ssim_stats`: (N,) float64."""
-    x0, a, squares0, spread0 = stats0
-    x1, b, squares1, spread1 = stats1
-    c1, c2 = rgb_ssim_constants()
-    ab = a * b
-    covariances = window_sums(x0.int().mul_(x1)).double().mul_(WINDOW_PIXELS).sub_(ab).mul_(2).add_(c2)
-    similarity = ab.mul_(2).add_(c1).mul_(covariances).div_((squares0 + squares1).mul_(spread0 + spread1))
-    return similarity.mean((2, 3)).mean(1)
+    (a, aa), (b, bb) = stats0, stats1
+    similarity = np.zeros(x0.shape[0])
+    for i in range(x0.shape[0]):
+        for c in range(x0.shape[1]):
+            ab_sums = window_sums(x0[i, c].astype(np.int64) * x1[i, c])
+            plane = 0.0
+            for y in range(ab_sums.shape[0]):
+                for x in range(ab_sums.shape[1]):
+                    ab = a[i, c, y, x] * b[i, c, y, x]
+                    squares = a[i, c, y, x] ** 2 + b[i, c, y, x] ** 2
+                    spread = WINDOW_PIXELS * (aa[i, c, y, x] + bb[i, c, y, x]) - squares
+                    plane += ((2 * ab + RGB_C1) * (2 * (WINDOW_PIXELS * ab_sums[y, x] - ab) + RGB_C2)
+                              / ((squares + RGB_C1) * (spread + RGB_C2)))
+            similarity[i] += plane / ab_sums.size
+    return similarity / x0.shape[1]
 
 
 def compare_ssim(im1, im2, data_range=None, multichannel=False):
@@ -273,6 +381,7 @@ class PixelMetric(nn.Module):
         if colorspace not in COLORSPACES:
             raise ValueError(f"unknown colour space {colorspace!r}; expected one of {', '.join(COLORSPACES)}")
         self.net, self.colorspace, self.normalize = net, colorspace, colorspace.lower()
+        keep_freed_memory()
 
     def features(self, x):
         """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU).
@@ -293,13 +402,13 @@ class PixelMetric(nn.Module):
 
     def part_features(self, x):
         """`features` of a part of the batch, on one thread."""
-        rgb8 = to_8bit(x)
+        rgb8 = to_8bit(x.float().numpy())
         if self.colorspace == "RGB":
-            return rgb_ssim_stats(rgb8)
+            return rgb8, rgb_ssim_stats(rgb8)
         lab = rgb8_to_lab(rgb8)
         if self.net == "l2":
-            return (lab / LAB_RANGE).permute(0, 2, 3, 1).contiguous().numpy()  # LPIPS's (H, W, 3) order
-        return ssim_stats(lab.numpy())
+            return np.ascontiguousarray((lab / LAB_RANGE).transpose(0, 2, 3, 1))  # LPIPS's (H, W, 3) order
+        return ssim_stats(lab)
 
     def distance(self, f0, f1):
         """Distance (N,) float32 between two images' `features`, rounded as LPIPS rounds it."""
@@ -312,7 +421,7 @@ class PixelMetric(nn.Module):
     def part_distance(self, f0, f1):
         """`distance` between the features of a part of the batch, in float64 or LPIPS's float32 (numpy)."""
         if self.colorspace == "RGB":
-            return ((1 - rgb_ssim(f0, f1)) / 2).numpy()
+            return (1 - rgb_ssim(f0[0], f0[1], f1[0], f1[1])) / 2
         if self.net == "l2":  # numpy's float32 mean, in its pairwise order
             return 0.5 * np.square(f0 - f1).reshape(len(f0), math.prod(f0.shape[1:])).mean(1)
         return (1 - ssim(f0, f1, LAB_RANGE)) / 2
