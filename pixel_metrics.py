@@ -16,7 +16,7 @@ scikit-image no longer has. This file computes the same numbers for whole batche
 
 What is LPIPS's to the last bit, and how it is made fast:
 
-- 8 bits: `tensor2im`'s float32 steps, one compiled loop (numba) per image.
+- 8 bits: `tensor2im`'s float32 steps, in one compiled loop (numba).
 - Lab: the float32 Lab image equals scikit-image's bit for bit. It is computed in
   float64 by one compiled loop per pixel, within 7.3e-13 of scikit-image's float64
   values over all 2^24 8-bit colours (its cube root is a table's line and one Halley
@@ -30,7 +30,8 @@ What is LPIPS's to the last bit, and how it is made fast:
   so the sums are exact (running sums, int64) and SSIM follows from them in float64
   with exact variances; it differs from scikit-image's float64 only by its rounding
   (DSSIM within 1e-9 relative even near SSIM 1, in the tests' kind of images).
-- L2: numpy's float32 mean in LPIPS's (H, W, 3) order, or LPIPS's own torch means.
+- L2: Lab: numpy's float32 mean in LPIPS's (H, W, 3) order; RGB: the channel mean of the
+  squares in one compiled loop with torch's float32 operations, then LPIPS's own torch means.
 
 The compiled loops are cached beside this file after their first use (`__pycache__`,
 a few seconds once). Each batch is cut into one part per torch thread, run on a thread
@@ -83,8 +84,7 @@ def srgb_linear_table():
 
 SRGB_LINEAR = srgb_linear_table()
 XYZ_OVER_WHITE = XYZ_FROM_RGB / D65_WHITE[:, None]
-MINUS_ONE = torch.tensor(-1.0)
-FLOAT32_ZERO, FLOAT32_ONE, FLOAT32_TWO = np.float32(0), np.float32(1), np.float32(2)
+FLOAT32_ZERO, FLOAT32_ONE, FLOAT32_TWO, FLOAT32_THREE = np.float32(0), np.float32(1), np.float32(2), np.float32(3)
 FLOAT32_HALF_LEVELS, FLOAT32_TOP = np.float32(127.5), np.float32(255)
 
 
@@ -131,6 +131,28 @@ def in_threads(function, *parts):
 
 
 @numba.njit(nogil=True, cache=True)
+def lpips_input(v):
+    """2v - 1: the [-1, 1] value LPIPS is given, in v's precision (2v is exact, the subtraction rounds once)."""
+    return v * FLOAT32_TWO - FLOAT32_ONE
+
+
+@numba.njit(nogil=True, cache=True)
+def channel_mean_squared_difference(x0, x1):
+    """lpips.L2's first step in RGB, for images in [0, 1] (N, 3, H, W) float32 or float64: the mean over the
+    channels of (lpips_input(x0) - lpips_input(x1))^2, (N, H, W), as torch computes it in that dtype
+    (the squares summed channel after channel, then divided by 3), in one pass."""
+    mean = np.empty((x0.shape[0], x0.shape[2], x0.shape[3]), x0.dtype)
+    for i in range(x0.shape[0]):
+        for y in range(x0.shape[2]):
+            for k in range(x0.shape[3]):
+                d0 = lpips_input(x0[i, 0, y, k]) - lpips_input(x1[i, 0, y, k])
+                d1 = lpips_input(x0[i, 1, y, k]) - lpips_input(x1[i, 1, y, k])
+                d2 = lpips_input(x0[i, 2, y, k]) - lpips_input(x1[i, 2, y, k])
+                mean[i, y, k] = (d0 * d0 + d1 * d1 + d2 * d2) / FLOAT32_THREE
+    return mean
+
+
+@numba.njit(nogil=True, cache=True)
 def to_8bit(x):
     """LPIPS's `tensor2im` of the [-1, 1] image 2x - 1, for float32 images x (N, 3, H, W) in [0, 1]:
     ((2x - 1) + 1) * 127.5, each step rounded to float32, truncated to uint8.
@@ -142,7 +164,7 @@ def to_8bit(x):
         for c in range(x.shape[1]):
             for y in range(x.shape[2]):
                 for k in range(x.shape[3]):
-                    v = ((x[i, c, y, k] * FLOAT32_TWO - FLOAT32_ONE) + FLOAT32_ONE) * FLOAT32_HALF_LEVELS
+                    v = (lpips_input(x[i, c, y, k]) + FLOAT32_ONE) * FLOAT32_HALF_LEVELS
                     rgb8[i, c, y, k] = min(max(v, FLOAT32_ZERO), FLOAT32_TOP)
     return rgb8
 
@@ -386,12 +408,12 @@ class PixelMetric(nn.Module):
     def features(self, x):
         """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU).
 
-        lpips.L2 in RGB is plain torch on torch's threads; the rest runs in parts on the
-        pool, torch on one thread.
+        L2 in RGB needs the images themselves (float32, or float64 as given); the rest runs
+        in parts on the pool, torch on one thread.
         """
         if self.net == "l2" and self.colorspace == "RGB":
             check_images(x, "images")
-            return torch.add(MINUS_ONE, x.detach().cpu(), alpha=2)  # 2x - 1 in one pass: 2x is exact
+            return x.detach().cpu().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
         workers = max(1, min(torch.get_num_threads(), len(x)))
         with torch_on_one_thread():
             check_images(x, "images")
@@ -412,8 +434,10 @@ class PixelMetric(nn.Module):
 
     def distance(self, f0, f1):
         """Distance (N,) float32 between two images' `features`, rounded as LPIPS rounds it."""
-        if self.net == "l2" and self.colorspace == "RGB":
-            return (f0 - f1).square_().mean(1).mean(1).mean(1).float()  # lpips.L2's order of means
+        if self.net == "l2" and self.colorspace == "RGB":  # one loop over the pixels, then lpips.L2's torch means
+            dtype = torch.promote_types(f0.dtype, f1.dtype)
+            channel_mean = channel_mean_squared_difference(f0.to(dtype).numpy(), f1.to(dtype).numpy())
+            return torch.from_numpy(channel_mean).mean(1).mean(1).float()
         with torch_on_one_thread():
             distances = in_threads(self.part_distance, f0, f1)
         return torch.from_numpy(np.concatenate(distances).astype(np.float32))
