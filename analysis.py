@@ -49,10 +49,11 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from dataset_collector import image_files, load_image
-from experiment import (CHANNEL_NORMS, METHODS, DistanceMetric, device_arg, layers_text, positive_int,
-                        requested_configs, write_atomic)
-from loss_networks import LPIPS_NETS, WeightsUnavailableError, canonical_net, check_layers, checkpoint_path
+from cli import (CHANNEL_NORMS, UserError, build_metric, check_writable, device_arg, network_name, positive_int,
+                 requested_configs, run_main, write_atomic)
+from image_io import image_files, load_image
+from loss_networks import LPIPS_NETS, check_layers, layers_text
+from metric import METHODS
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
 RESULT_COLUMNS = ("net", "layers", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
@@ -63,8 +64,8 @@ RULE_OTHER = "closer_than:"
 REF_FOLDER = "ref"
 
 
-class AnalysisError(ValueError):
-    """A problem with the image folder, its manifest or the options, for the user to fix."""
+class AnalysisError(UserError):
+    """A problem with the image folder or its manifest, for the user to fix."""
 
 
 @dataclass(frozen=True)
@@ -137,46 +138,6 @@ def find_refs(image_dir, cases):
         raise AnalysisError(f"rule {RULE_REFS} needs reference images in {folder}, found none; "
                             f"generate them with `python images/make_images.py`")
     return refs
-
-
-def network_name(name):
-    """argparse type: the canonical network name, or an error listing the valid ones."""
-    try:
-        return canonical_net(name)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def check_writable(folder, outputs=()):
-    """Raise AnalysisError unless files can be written in `folder` (created later if missing) under the names
-    `outputs`; checked before any computation, creating nothing."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    fix = "choose another folder with --out"
-    if not os.path.isdir(existing):
-        raise AnalysisError(f"--out {folder}: {existing} is a file, not a folder; {fix}")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise AnalysisError(f"--out {folder}: cannot write in {existing} ({err.strerror}); {fix}") from None
-    taken = [name for name in outputs if os.path.isdir(os.path.join(folder, name))]
-    if taken:
-        raise AnalysisError(f"--out {folder}: {os.path.join(folder, taken[0])} is a folder, where an output "
-                            f"file goes; move it away or {fix}")
-
-
-def build_metric(net, weights_dir=None, device="cpu", layers=None):
-    """A baseline DistanceMetric for `net` at `layers` (default: the net's), with weights from
-    `weights_dir` or the torchvision cache."""
-    if weights_dir is None:
-        return DistanceMetric(net, layers=layers).to(device)
-    path = os.path.join(weights_dir, os.path.basename(checkpoint_path(net)))
-    if not os.path.isfile(path):
-        raise AnalysisError(f"--weights-dir {weights_dir} has no {os.path.basename(path)} (the {net} weights): "
-                            f"place torchvision's file there, or drop --weights-dir to use $TORCH_HOME")
-    return DistanceMetric(net, weights=path, layers=layers).to(device)
 
 
 def case_pairs(cases, refs):
@@ -379,22 +340,21 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
+    """The analysis the flags ask for: outputs checked writable first, written all or nothing at the end."""
     configs = requested_configs(args.method, args.channel_norm)
-    try:
-        check_writable(args.out, OUTPUTS)
-        rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
-                             args.weights_dir, args.batch_size, args.layers)
-        paths, markdown = write_outputs(args.out, rows, refs)
-    except (ValueError, OSError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, bad weights, size
-        sys.exit(f"analysis.py: error: {err}")
-    except KeyboardInterrupt:
-        print(f"analysis.py: interrupted; nothing was written to {args.out}", file=sys.stderr)
-        sys.exit(130)
+    check_writable(args.out, OUTPUTS)
+    rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
+                         args.weights_dir, args.batch_size, args.layers)
+    paths, markdown = write_outputs(args.out, rows, refs)
     print(markdown, end="")
     print("wrote " + ", ".join(paths))
 
 
+def main(argv=None):
+    args = parse_args(argv)
+    return run_main("analysis.py", lambda: run(args), interrupted=f"interrupted; nothing was written to {args.out}")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

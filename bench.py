@@ -56,12 +56,13 @@ import torch
 from PIL import Image
 
 import distance
-from dataset_collector import load_image
-from experiment import (ALL_CONFIGS, COLORSPACES, PAIRS, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, bapps_sets,
-                        batch_distances, evaluate, make_loader, pick_device, positive_int)
+from cli import pick_device, positive_int
+from dataset_collector import write_synthetic
+from evaluation import PAIRS, bapps_sets, evaluate, make_loader
+from image_io import load_image
 from loss_networks import LPIPS_NETS, build_classifier, canonical_net, checkpoint_path
+from metric import ALL_CONFIGS, COLORSPACES, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, batch_distances
 from pixel_metrics import PixelMetric, compare_ssim
-from tests.bapps_fake import make_bapps
 
 FOLDER_RUNS = 3  # runs of each folder contender and of each fresh process (the minimum is reported)
 OFFICIAL = ["--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips"]
@@ -189,7 +190,7 @@ def bench_end_to_end(net, args, device):
                "all ten": dict.fromkeys(ALL_CONFIGS, DistanceMetric(net, pretrained=pretrained))}
     seconds = {}
     with tempfile.TemporaryDirectory() as root:
-        make_bapps(root, n_2afc=args.end_to_end, n_jnd=args.end_to_end, splits=("val", "jnd"))
+        write_synthetic(root, n_2afc=args.end_to_end, n_jnd=args.end_to_end, parts=("val", "jnd"))
         sets = bapps_sets(root, download=False)
         for name, configs in metrics.items():
             next(iter(configs.values())).to(device)

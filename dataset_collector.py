@@ -19,19 +19,23 @@ for the 2AFC archives (the layout the LPIPS download script produces). They land
 ``ROOT/train``, ``ROOT/val`` and ``ROOT/jnd/val``; other members are skipped with a
 warning. Absolute names, names with ``..``, special files and links that leave the
 part's folder make the whole archive an error. Each part is extracted into
-``ROOT/.extract-<part>``, its layout checked, moved into place in one rename (so an
-interrupted extraction leaves no part folder and is redone), and only then is the marker
-``ROOT/.complete-<part>`` (part: ``train``, ``val``, ``jnd``) written, recording this
-tool's extraction. A downloaded archive is deleted after extraction unless
+``ROOT/.extract-<part>``, its layout checked, and moved into place in one rename, so an
+interrupted extraction leaves no part folder and is redone: a part is present exactly when
+its folder is (trees that still carry the ``.complete-<part>`` markers of earlier versions
+read as any other). A downloaded archive is deleted after extraction unless
 ``--keep-archives``, and also when it cannot be extracted; one placed by hand is never deleted.
 
 A part whose folder is on disk, in this layout or LPIPS's (``ROOT/2afc/{train,val}``,
 ``ROOT/jnd/val``), whoever extracted it, is used as it is: never fetched again, nothing
 of it deleted or replaced.
 
-``dataset_collector("BAPPS", split, ...)`` returns the datasets described in DESIGN.md,
-``load_image`` is the one image-file loader of the project and ``image_files`` the one
-folder listing of image files.
+``python dataset_collector.py --synthetic DIR`` writes a small synthetic tree in the BAPPS layout
+(random patches and judgements, with a README saying what it is; ``write_synthetic``), so that
+``experiment.py --data-root DIR`` runs end to end offline.
+
+``dataset_collector("BAPPS", split, ...)`` returns the BAPPS datasets (items are dicts of
+images in [0, 1] and judgements), ``load_image`` is the one image-file loader of the project
+and ``image_files`` the one folder listing of image files.
 """
 import argparse
 import gzip
@@ -48,11 +52,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import requests
 import torch
-import torch.nn.functional as F
 import urllib3
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
+
+from cli import positive_int, run_main
+from image_io import load_image
 
 BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 ARCHIVES = {"train": "twoafc_train.tar.gz", "val": "twoafc_val.tar.gz", "jnd": "jnd.tar.gz"}
@@ -75,7 +81,7 @@ TWOAFC_FOLDERS = {"images": ("ref", "p0", "p1"), "judgement": "judge"}
 JND_FOLDERS = {"images": ("p0", "p1"), "judgement": "same"}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(OSError):
     """A problem with BAPPS on disk or its download that the user has to act on."""
 
 
@@ -87,65 +93,12 @@ class UnsafeArchiveError(DatasetError):
     """An archive member that would land outside the root, or is not a plain file."""
 
 
-class ImageLoadError(OSError):
-    """An image file that is missing or cannot be decoded."""
-
-
 class _TransientDownloadError(Exception):
     """A failed download attempt worth retrying (incomplete transfer, server error)."""
 
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError,
               _TransientDownloadError)
-
-
-# ---------------------------------------------------------------- image loading
-
-
-def load_image(path, size=None):
-    """Read an image file as a float32 tensor (3, H, W) in [0, 1], RGB.
-
-    Transparent images are composited over white, grayscale is replicated to three
-    channels, 16-bit grayscale keeps its precision. With ``size`` (int) the image is
-    resized to size x size (bicubic, antialiased, clamped into [0, 1]) unless it
-    already has that size. Raises ``ImageLoadError`` naming the path.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image = _pil_to_tensor(im)
-    except Exception as err:  # PIL reports corrupt files through many exception types
-        raise ImageLoadError(f"cannot read image {path}: {err}") from err
-    if size is not None and tuple(image.shape[1:]) != (size, size):
-        image = F.interpolate(image[None], size=(size, size), mode="bicubic",
-                              align_corners=False, antialias=True)[0].clamp_(0, 1)
-    return image
-
-
-def _pil_to_tensor(im):
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = np.array(im.convert("RGBA"))
-        rgba = torch.from_numpy(rgba).permute(2, 0, 1).contiguous().float() / 255
-        alpha = rgba[3:]
-        return rgba[:3] * alpha + (1 - alpha)
-    if im.mode.startswith("I;16") or im.mode == "I":
-        gray = torch.from_numpy(np.array(im, dtype=np.float32)) / 65535
-        return gray.clamp_(0, 1).expand(3, -1, -1).contiguous()
-    rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float() / 255
-
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def image_files(folder, root=None):
-    """Image files under `folder`, as sorted '/'-separated paths relative to `root` (default `folder`)."""
-    root = folder if root is None else root
-    found = []
-    for parent, _, names in os.walk(folder):
-        found += [os.path.relpath(os.path.join(parent, name), root).replace(os.sep, "/")
-                  for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found)
 
 
 # ---------------------------------------------------------------- download
@@ -317,7 +270,7 @@ def _safe_member(member, part, archive):
 
 
 def extract_part(archive, root, part):
-    """Safely extract one BAPPS archive into ``root`` and write the part's marker."""
+    """Safely extract one BAPPS archive into ``root``: the part's folder appears whole, in one rename."""
     archive, root = Path(archive), Path(root)
     staging = root / f".extract-{part}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -335,7 +288,6 @@ def extract_part(archive, root, part):
     if skipped:
         print(f"{archive}: skipped {len(skipped)} members outside the BAPPS layout, "
               f"e.g. {skipped[:3]}", file=sys.stderr)
-    _write_marker(root, part, archive)
 
 
 def _extract_members(archive, staging, part):
@@ -376,18 +328,6 @@ def _move_into_place(source, dest):
     a ``dest`` that appeared meanwhile with files in it makes the rename fail, never lose them."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, dest)
-
-
-def marker_path(root, part):
-    """The file that records that this tool's extraction of ``part`` (train, val, jnd) finished."""
-    return Path(root) / f".complete-{part}"
-
-
-def _write_marker(root, part, archive):
-    marker = marker_path(root, part)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(f"extracted from {Path(archive).name}\n")
-    os.replace(tmp, marker)
 
 
 def split_folder(root, split):
@@ -539,10 +479,51 @@ def _check_subsplits(folder, split, names):
                        f"or changed)")
 
 
+# ---------------------------------------------------------------- a synthetic tree
+
+SYNTHETIC_README = """\
+A synthetic tree in the BAPPS layout, written by `python dataset_collector.py --synthetic`.
+
+Every image is random noise and every judgement a random number: it is not BAPPS, and scores
+on it mean nothing. It exists to check that `python experiment.py --data-root <this folder>` runs end
+to end offline (downloads, loading, scoring, results.csv and the table) before fetching the
+6.6 GB of the real dataset; its rows are never mixed with BAPPS rows, which are computed on
+other examples.
+"""
+
+
+def write_synthetic(root, n_2afc=6, n_jnd=6, size=64, seed=0, parts=tuple(ARCHIVES), layout="project",
+                    subsplits=None):
+    """Write a synthetic tree in the BAPPS layout under `root`: `n_2afc` (`n_jnd`) examples per subsplit.
+
+    Stems are ``000000``, ``000001``, ...; images are random RGB `size` x `size` PNGs; a 2AFC
+    ``judge`` is a float in [0, 1], a JND ``same`` 0.0 or 1.0, stored as float32 arrays of shape
+    (1,). `layout` "project" writes ROOT/val, ...; "lpips" what LPIPS's download script leaves
+    (ROOT/2afc/val). `subsplits` (default all) limits the subsplits written. A README.txt says
+    what the tree is. Returns ``Path(root)``.
+    """
+    root, rng = Path(root), np.random.default_rng(seed)
+    for part in parts:
+        split, jnd = SPLIT_OF_PART[part], part == "jnd"
+        kind = JND_FOLDERS if jnd else TWOAFC_FOLDERS
+        for subsplit in (s for s in SUBSPLITS[split] if subsplits is None or s in subsplits):
+            folder = root / ("2afc/" + split if layout == "lpips" and not jnd else split) / subsplit
+            for name in (*kind["images"], kind["judgement"]):
+                (folder / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n_jnd if jnd else n_2afc):
+                for name in kind["images"]:
+                    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / name / f"{i:06d}.png")
+                value = float(rng.integers(0, 2)) if jnd else rng.random()
+                np.save(folder / kind["judgement"] / f"{i:06d}.npy", np.array([value], dtype=np.float32))
+    (root / "README.txt").write_text(SYNTHETIC_README)
+    return root
+
+
 # ---------------------------------------------------------------- command line
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Download, verify and extract the BAPPS dataset (resumable; parts "
                     "already on disk are skipped).",
@@ -562,23 +543,49 @@ def main(argv=None):
     parser.add_argument("--keep-archives", action="store_true",
                         help="keep the downloaded .tar.gz files after extraction (default: delete them; "
                              "an archive placed by hand is always kept)")
+    parser.add_argument("--synthetic", metavar="DIR",
+                        help="instead of downloading, write a small synthetic tree in the BAPPS layout into the "
+                             "new folder DIR (random patches and judgements, with a README.txt saying so), for "
+                             "an offline dry run: python experiment.py --data-root DIR")
+    parser.add_argument("--examples", type=positive_int, default=20,
+                        help="with --synthetic: examples per subsplit (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         retry_settings()
     except ValueError as err:
         parser.error(str(err))
+    return args
+
+
+def synthetic_tree(folder, examples):
+    """Write the synthetic tree into the new folder `folder`, whole or not at all."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise DatasetError(f"--synthetic {folder}: it exists and is not an empty folder; name a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:
-        for part in args.parts:
-            fetched = fetch_part(args.root, part, url=args.url, keep_archive=args.keep_archives)
-            state = "complete" if fetched else "already present"
-            print(f"{part}: {state} in {split_folder(args.root, SPLIT_OF_PART[part])}")
-    except (DatasetError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        write_synthetic(staging, n_2afc=examples, n_jnd=examples)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote a synthetic BAPPS tree ({examples} examples per subsplit) to {folder}; "
+          f"try: python experiment.py --data-root {folder} --net alex")
+
+
+def fetch_parts(args):
+    for part in args.parts:
+        fetched = fetch_part(args.root, part, url=args.url, keep_archive=args.keep_archives)
+        state = "complete" if fetched else "already present"
+        print(f"{part}: {state} in {split_folder(args.root, SPLIT_OF_PART[part])}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.synthetic is not None:
+        return run_main("dataset_collector.py", lambda: synthetic_tree(args.synthetic, args.examples))
+    return run_main("dataset_collector.py", lambda: fetch_parts(args),
+                    interrupted="interrupted; rerun the same command to resume")
 
 
 if __name__ == "__main__":

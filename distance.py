@@ -42,11 +42,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dataset_collector import IMAGE_EXTENSIONS, ImageLoadError, image_files, load_image
-from experiment import (ALL_CONFIGS, CHANNEL_NORMS, METHODS, NORMALIZATIONS, atomic_open, batch_distances,
-                        build_metrics, compare_views, device_arg, metrics_views, positive_int, requested_configs,
-                        write_atomic)
-from loss_networks import WeightsUnavailableError, canonical_net
+from cli import (CHANNEL_NORMS, UserError, atomic_open, build_metrics, device_arg, positive_int, requested_configs,
+                 run_main, write_atomic)
+from image_io import IMAGE_EXTENSIONS, ImageLoadError, image_files, load_image
+from loss_networks import canonical_net
+from metric import ALL_CONFIGS, METHODS, NORMALIZATIONS, batch_distances, compare_views, metrics_views
 
 PAIR_COLUMNS = ("path0", "path1", "distance")
 CONFIG_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize")
@@ -56,7 +56,7 @@ PIXELS_PER_IMAGE_BATCH = MAX_BATCH * 64 * 64  # the evaluation's batch of 64x64 
 SHOWN = 5  # file names listed in a message before "... (N more)"
 
 
-class DistanceError(ValueError):
+class DistanceError(UserError):
     """A problem with the paths, the files or the flags, for the user to fix."""
 
 
@@ -557,21 +557,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        run(args)
-    except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        print(f"error: out of GPU memory on {args.device}: pass a smaller --batch-size", file=sys.stderr)
-        return 1
-    except (ValueError, WeightsUnavailableError, OSError) as err:
-        print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: no output file was written", file=sys.stderr)
-        return 130
-    return 0
+    return run_main("distance.py", lambda: run(args), interrupted="interrupted: no output file was written")
 
 
 if __name__ == "__main__":

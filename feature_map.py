@@ -45,22 +45,22 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis import AnalysisError, build_metric, check_writable, network_name
-from dataset_collector import image_files, load_image
-from experiment import METHODS, PARTS, channel_normalize, device_arg, positive_int, write_atomic
-from loss_networks import WeightsUnavailableError, check_layers, point_names
+from cli import UserError, build_metric, check_writable, device_arg, network_name, positive_int, run_main, write_atomic
+from image_io import image_files, load_image
+from loss_networks import check_layers, point_names
+from metric import METHODS, PARTS, channel_normalize
 
 
 def find_image(image_dir, substrings):
     """The one image under `image_dir` whose relative path contains every substring (case-insensitive)."""
     if not os.path.isdir(image_dir):
-        raise AnalysisError(f"no image folder {image_dir}: pass --image-dir FOLDER, or --path FILE")
+        raise UserError(f"no image folder {image_dir}: pass --image-dir FOLDER, or --path FILE")
     candidates = image_files(image_dir)
     matches = [p for p in candidates if all(s.lower() in p.lower() for s in substrings)]
     if len(matches) == 1:
         return os.path.join(image_dir, matches[0])
     shown = matches or candidates
-    raise AnalysisError(
+    raise UserError(
         f"--image {' '.join(substrings)} matches {len(matches)} of the {len(candidates)} images "
         f"in {image_dir}; "
         f"give substrings that match exactly one, or --path FILE. "
@@ -216,7 +216,7 @@ def draw(args):
     if args.compare is not None:
         x1 = load_image(args.compare, args.size)[None].to(args.device)
         if x1.shape != x.shape:
-            raise AnalysisError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
+            raise UserError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
                                 f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
     metric = build_metric(args.network, args.weights_dir, args.device, args.layers)
     paths = write_feature_maps(metric, x, picture_name(path, args.image_dir), args.out, args.max_channels)
@@ -226,18 +226,19 @@ def draw(args):
     return paths
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        paths = draw(args)
-    except (ValueError, OSError, WeightsUnavailableError) as err:  # ValueError: AnalysisError, bad weights
-        sys.exit(f"feature_map.py: error: {err}")
+def show(paths, viewer):
+    """Print the paths written; with `viewer`, open each in the system's image viewer."""
     for path in paths:
         print(path)
-        if args.show:
+        if viewer:
             with Image.open(path) as picture:
                 picture.show()
 
 
+def main(argv=None):
+    args = parse_args(argv)
+    return run_main("feature_map.py", lambda: show(draw(args), args.show))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,9 +4,9 @@
     lpips_vgg = torch.hub.load("<owner>/<repo>", "lpips", net="vgg")
     d = metric(x0, x1)  # x0, x1: (N, 3, H, W) in [0, 1]; d: (N,), differentiable
 
-Both return an `experiment.DistanceMetric` (see README.md and DESIGN.md).
+Both return a `metric.DistanceMetric` (see README.md).
 """
-from experiment import DistanceMetric
+from metric import DistanceMetric
 
 dependencies = ["torch", "torchvision", "numpy", "PIL", "requests", "tqdm"]
 

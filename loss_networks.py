@@ -100,6 +100,11 @@ def canonical_net(name):
     return key
 
 
+def layers_text(layers):
+    """Extraction points as results files write them: `1-4-7-9-11`, `5` for one point."""
+    return "-".join(str(layer) for layer in layers)
+
+
 def torchvision_name(net):
     """torchvision's name of a network (`alex` -> `alexnet`)."""
     net = canonical_net(net)

@@ -59,7 +59,7 @@ import torch
 import torch.nn as nn
 from scipy.ndimage import uniform_filter
 
-from experiment import COLORSPACES, PIXEL_METRICS, check_images, check_same_shape
+from metric import COLORSPACES, PIXEL_METRICS, check_images, check_same_shape
 
 # scikit-image's rgb2lab: sRGB (D65) -> XYZ, and the D65 white of the 2-degree observer
 XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],

@@ -1,9 +1,9 @@
 """LPIPS training: a Lightning module around DistanceMetric, trained with the recipe of Zhang
 et al. (2018) to predict 2AFC human judgements through LPIPS's ranking head.
 
-It is `experiment.py --train`'s engine, kept apart so that importing the metric does not
-import Lightning; `experiment.LPIPSTraining` (and the other names here) still resolve,
-importing this module on first use.
+It is `experiment.py --train`'s engine (experiment.py imports it only then: it brings
+Lightning); `experiment.LPIPSTraining` (and the other names here) still resolve, importing
+this module on first use.
 
 Each version lives in `OUT/<net>[_<points>]_<variant>_<method>_<cn|nocn>_<normalize>/version_K/`
 (`<points>`, such as `1-4-7-11`, when they are not the net's default extraction points):
@@ -19,7 +19,6 @@ channel norm on and `--normalize lpips` (its own input scaling), on the ImageNet
 It loads lin.pth non-strictly: for a sum (`spatial+sort`, `spatial+mean`) it reads only
 the spatial part (`lin{k}`) and ignores the second part's `{part}_lin{k}` weights.
 """
-import argparse
 import io
 import os
 import warnings
@@ -30,13 +29,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
+from cli import write_atomic
 from dataset_collector import dataset_collector
-from experiment import (INITS, TRAINED_VARIANTS, DistanceMetric, evaluate_net, layers_text, pick_device,
-                        requested_configs, score_2afc, write_atomic)
-from loss_networks import canonical_net, default_layers
+from loss_networks import canonical_net, layers_text
+from metric import INITS, TRAINED_VARIANTS, DistanceMetric, score_2afc
 
 # resuming means checkpointing into a folder that holds the checkpoint: expected, not worth a warning
-warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+RESUME_WARNING = r"Checkpoint directory .* exists and is not empty"
 
 
 class RankingHead(nn.Module):
@@ -176,10 +175,13 @@ def check_same_training(path, hparams):
                          f"pass another --out or delete {os.path.dirname(path)} to train anew")
 
 
-def wandb_has_credentials():
-    """Whether wandb finds an API key (environment or netrc), checked without prompting."""
+def wandb_offline():
+    """Whether wandb logs offline: $WANDB_MODE says so, or (unset) there is no API key (environment or netrc,
+    checked without prompting)."""
     import wandb
-    return bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False, verify=False)
+    if "WANDB_MODE" in os.environ:
+        return os.environ["WANDB_MODE"] in ("offline", "dryrun")
+    return not (os.environ.get("WANDB_API_KEY") or wandb.login(prompt=False, verify=False))
 
 
 def make_logger(kind, folder):
@@ -195,11 +197,9 @@ def make_logger(kind, folder):
     if kind != "wandb":
         raise ValueError(f"unknown logger {kind!r}; expected wandb, csv or tensorboard")
     import wandb
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-    offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    offline = wandb_offline()
     os.makedirs(folder, exist_ok=True)
-    # explicit settings: wandb read the environment once, at the credentials check
+    # explicit settings, not the environment: a library leaves the process's environment alone
     settings = wandb.Settings(mode="offline", silent=True) if offline else None
     return pl.loggers.WandbLogger(project="perceptual-metric", name=f"{name}_{version}", save_dir=folder,
                                   offline=offline, settings=settings)
@@ -208,8 +208,9 @@ def make_logger(kind, folder):
 def finish_wandb(logger):
     """Close the wandb run; if it was offline, one line says where it is and how to upload it."""
     run_dir = os.path.dirname(logger.experiment.dir)
+    offline = logger.experiment.settings.mode in ("offline", "dryrun")
     logger.experiment.finish()
-    if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
+    if offline:
         print(f"wandb: no API key, logged offline to {run_dir}; upload with: wandb sync {run_dir}")
 
 
@@ -259,7 +260,9 @@ def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, lo
                                          persistent_workers=num_workers > 0)
     run_logger = make_logger(logger, folder)
     trainer = make_trainer(folder, hparams["epochs"], run_logger, callbacks, progress, **(scale or {}))
-    trainer.fit(module, loader, ckpt_path=last if os.path.isfile(last) else None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", RESUME_WARNING)
+        trainer.fit(module, loader, ckpt_path=last if os.path.isfile(last) else None)
     if trainer.is_global_zero:
         save_lpips_weights(module.metric, lin_path)
         if isinstance(run_logger, pl.loggers.WandbLogger):
@@ -267,61 +270,15 @@ def train_version(data, out, version=0, seed=0, batch_size=50, num_workers=0, lo
     return module.eval()
 
 
-
-def training_set(args):
-    """The BAPPS train subsplits of --train-subsplits (first --limit of each) as one dataset."""
+def training_set(root, subsplits, limit=None, download=True):
+    """The BAPPS train `subsplits` under `root` (the first `limit` examples of each) as one dataset."""
     parts = []
-    for subsplit in args.train_subsplits:
-        data = dataset_collector("BAPPS", "train", subsplit, root=args.data_root, download=not args.no_download)
-        parts.append(Subset(data, range(min(args.limit, len(data)))) if args.limit else data)
+    for subsplit in subsplits:
+        data = dataset_collector("BAPPS", "train", subsplit, root=root, download=download)
+        parts.append(Subset(data, range(min(limit, len(data)))) if limit else data)
     return torch.utils.data.ConcatDataset(parts)
-
-
-def trainer_scale(args):
-    """Trainer device options from --device, --devices, --num-nodes, --strategy, --precision."""
-    device = pick_device(args.device) if args.device != "auto" else None
-    accelerator = "auto" if device is None else {"cuda": "gpu"}.get(device.type, device.type)
-    devices = args.devices or ([device.index] if device is not None and device.index is not None else "auto")
-    return {"accelerator": accelerator, "devices": devices, "num_nodes": args.num_nodes,
-            "strategy": args.strategy, "precision": args.precision}
 
 
 def is_global_zero():
     """Whether this process is the first of a (multi-process) training, or the only one."""
     return pl.utilities.rank_zero_only.rank == 0
-
-
-def train_net(net, args, sets, train_data, device):
-    """Train --repetitions versions of each configuration of `net`, evaluating each into results.csv.
-
-    A configuration is a method and channel norm on the net's extraction points
-    (`args.points[net]`), or with `args.per_layer` on each point alone. Finished versions
-    are reused. Rows name each version by its lin.pth (`weights_identity`), so a version
-    trained anew is evaluated anew. With several processes (DDP) only the first evaluates;
-    the others wait for it.
-    """
-    points = args.points[net]
-    for layers in [[p] for p in points] if args.per_layer else [points]:
-        for method, norm in requested_configs(args.method, args.channel_norm):
-            train_config(net, args, sets, train_data, device, method, norm, layers)
-
-
-def train_config(net, args, sets, train_data, device, method, norm, layers):
-    """Train and evaluate the --repetitions versions of one configuration."""
-    config_args = argparse.Namespace(**{**vars(args), "method": [method], "channel_norm": "on" if norm else "off",
-                                        "points": {net: layers}, "per_layer": False})
-    # the net's default points stay unnamed, as in the versions trained before points could be chosen
-    named = None if layers == default_layers(net) else layers
-    for version in range(args.repetitions):
-        module = train_version(train_data, args.out, version, seed=args.seed, batch_size=args.batch_size,
-                               num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
-                               net=net, method=method, channel_norm=norm, variant=args.variant,
-                               normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init,
-                               layers=named)
-        if is_global_zero():
-            folder = version_dir(args.out, version, net, args.variant, method, norm, args.normalize, named)
-            config_args.lpips_weights = os.path.join(folder, "lin.pth")
-            evaluate_net(net, config_args, sets, device, version,
-                         build=lambda configs, metric=module.metric: dict.fromkeys(configs, metric))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()

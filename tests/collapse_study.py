@@ -1,7 +1,7 @@
 """How often LPIPS training collapses on small data, over seeds (run by hand, not by pytest).
 
-    python tests/collapse_study.py --seeds 40 --init lpips
-    python tests/collapse_study.py --seeds 40 --init stable
+    python -m tests.collapse_study --seeds 40 --init lpips
+    python -m tests.collapse_study --seeds 40 --init stable
 
 Trains the recovery test's setting (alex with random weights, synthetic triplets judged by
 a hidden metric) once per seed and prints, per seed, the held-out agreement and the share
@@ -12,26 +12,14 @@ tiny linear weights around the clamp at zero.
 """
 import argparse
 import os
-import sys
 import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from conftest import FILES  # noqa: E402
-from experiment import INITS, DistanceMetric, train_version  # noqa: E402
-from synthetic_2afc import RECOVERY, Triplets, agreement, hidden_metric, judged_triplets  # noqa: E402
-
-
-def random_torch_home(folder):
-    """Random AlexNet weights where torchvision looks for the ImageNet ones (as the test fixture)."""
-    constructor, name = FILES["alex"]
-    os.makedirs(os.path.join(folder, "hub", "checkpoints"))
-    torch.manual_seed(0)
-    torch.save(constructor(weights=None).state_dict(), os.path.join(folder, "hub", "checkpoints", name))
-    os.environ["TORCH_HOME"] = folder
+from metric import INITS, DistanceMetric
+from tests.helpers import (RECOVERY, Triplets, agreement, hidden_metric, judged_triplets,
+                           write_random_weights)
+from training import train_version
 
 
 def main():
@@ -42,7 +30,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=RECOVERY["epochs"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        random_torch_home(os.path.join(tmp, "torch_home"))
+        # random AlexNet weights where torchvision looks for the ImageNet ones, as the tests' fixture
+        write_random_weights(os.path.join(tmp, "torch_home"), nets=("alex",))
+        os.environ["TORCH_HOME"] = os.path.join(tmp, "torch_home")
         hidden = hidden_metric()
         train = judged_triplets(hidden, RECOVERY["train"], size=RECOVERY["size"], seed=1)
         held_out = judged_triplets(hidden, RECOVERY["held_out"], size=RECOVERY["size"], seed=2)

@@ -1,94 +1,22 @@
 """analysis.py: its distances against the metric on independently loaded pairs, its rules, files and errors."""
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import analysis
-import experiment
-from experiment import ALL_CONFIGS, DistanceMetric
+from cli import write_atomic
+from helpers import (CASES, REFS, assert_close, cli_error, load_dropping_alpha, load_white, make_folder,
+                     read_rows, run_cli, save_array, texture, write_manifest)
+from metric import ALL_CONFIGS, DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 48
-CASES = [
-    ("same", "a/tex.png", "a/tex_copy.png", "closer_than_refs"),
-    ("rotate", "a/tex.png", "a/tex_rot90.png", "closer_than_refs"),
-    ("stain", "a/tex.png", "a/tex_global.png", "closer_than:a/tex_stain.png"),
-    ("alpha", "b/pic.png", "b/pic_alpha.png", "closer_than_refs"),
-]
-REFS = ("ref/black.png", "ref/noise.png", "ref/white.png")
-MAGENTA = (255, 0, 255)
-
-
-def texture(seed, size=SIZE):
-    """A smooth random RGB picture (uint8), upsampled from coarse noise."""
-    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    return np.array(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
-
-
-def save(folder, rel, array):
-    path = folder / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-def write_manifest(folder, rows):
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("category", "image", "variant", "rule"), *rows])
-
-
-def make_folder(folder):
-    """The CASES: a byte copy, a rotation, a stain against a global offset, and an RGBA variant whose
-    transparent half hides magenta where its image is white."""
-    tex = texture(0)
-    save(folder, "a/tex.png", tex)
-    shutil.copy(folder / "a/tex.png", folder / "a/tex_copy.png")
-    save(folder, "a/tex_rot90.png", np.ascontiguousarray(np.rot90(tex)))
-    stained = tex.copy()
-    stained[10:18, 10:18] = (255, 0, 0)
-    save(folder, "a/tex_stain.png", stained)
-    save(folder, "a/tex_global.png", np.clip(tex.astype(int) + 12, 0, 255).astype(np.uint8))
-    pic = texture(1)
-    pic[:, : SIZE // 2] = 255
-    save(folder, "b/pic.png", pic)
-    alpha = np.full((SIZE, SIZE, 1), 255, np.uint8)
-    alpha[:, : SIZE // 2] = 0
-    hidden = pic.copy()
-    hidden[:, : SIZE // 2] = MAGENTA
-    save(folder, "b/pic_alpha.png", np.concatenate([hidden, alpha], axis=2))
-    for name, value in (("black", 0), ("white", 255)):
-        save(folder, f"ref/{name}.png", np.full((SIZE, SIZE, 3), value, np.uint8))
-    save(folder, "ref/noise.png", np.random.default_rng(2).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
-    write_manifest(folder, CASES)
-    return folder
-
-
-def load_white(path):
-    """The image as (1, 3, H, W) in [0, 1], alpha over white (written here, not the project's loader)."""
-    rgba = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255
-    rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
-
-
-def load_dropping_alpha(path):
-    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
-
-
-def read_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def assert_close(ours, ref, rtol=1e-5, atol=1e-7):
-    assert abs(ours - ref) <= atol + rtol * abs(ref), f"{ours} vs {ref}"
+ATOL = 1e-7  # distances are float32 sums: an image against itself gives up to ~1e-12, not 0
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +57,7 @@ def test_distances_equal_the_metric_on_independently_loaded_pairs(synthetic, tor
         for column, partner in partners.items():
             with torch.no_grad():
                 expected = metric(x, load_white(folder / partner)).item()
-            assert_close(float(row[column]), expected)
+            assert_close(float(row[column]), expected, atol=ATOL)
 
 
 def test_identical_variant_is_closer_than_every_reference(synthetic):
@@ -150,7 +78,7 @@ def test_transparent_pixels_are_composited_over_white(synthetic, torch_home):
         metric = DistanceMetric("alex", method=row["method"], channel_norm=row["channel_norm"] == "true")
         with torch.no_grad():
             composited, without_alpha = metric(x, white).item(), metric(x, dropped).item()
-        assert_close(float(row["distance"]), composited)
+        assert_close(float(row["distance"]), composited, atol=ATOL)
         assert without_alpha > 1e-3 and abs(float(row["distance"]) - without_alpha) > 0.5 * without_alpha
 
 
@@ -194,7 +122,7 @@ def test_each_image_goes_through_the_backbone_once(synthetic, torch_home, tmp_pa
         "closer_than_refs"}
     assert sum(passed) == len(distinct | set(REFS)) and max(passed) <= 3
     for row, first in zip(read_rows(tmp_path / "results.csv"), first_rows, strict=True):
-        assert_close(float(row["distance"]), float(first["distance"]))
+        assert_close(float(row["distance"]), float(first["distance"]), atol=ATOL)
 
 
 def test_weights_dir_replaces_torch_home(synthetic, weights_home, tmp_path, monkeypatch):
@@ -205,9 +133,8 @@ def test_weights_dir_replaces_torch_home(synthetic, weights_home, tmp_path, monk
     analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex", "--method", "mean",
                    "--weights-dir", checkpoints, "--device", "cpu"])
     assert read_rows(out / "results.csv") == [r for r in first_rows if r["method"] == "mean"]
-    with pytest.raises(SystemExit, match="squeezenet1_1-b8a52dc0.pth"):
-        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "squeeze",
-                       "--weights-dir", str(tmp_path)])
+    cli_error(analysis.main, ["--image-dir", folder, "--out", out, "--net", "squeeze", "--weights-dir", tmp_path],
+              "squeezenet1_1-b8a52dc0.pth")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -228,17 +155,15 @@ def test_bad_manifest_names_the_row_and_keeps_old_outputs(tmp_path, change, mess
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.csv").write_text("earlier results\n")
-    with pytest.raises(SystemExit, match=message) as error:
-        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex"])
-    assert str(folder / "manifest.csv") in str(error.value)
+    error = cli_error(analysis.main, ["--image-dir", folder, "--out", out, "--net", "alex"], message)
+    assert str(folder / "manifest.csv") in error
     assert os.listdir(out) == ["results.csv"] and (out / "results.csv").read_text() == "earlier results\n"
 
 
 def test_images_of_different_sizes_need_size(torch_home, tmp_path):
     folder = make_folder(tmp_path / "images")
-    save(folder, "a/tex_rot90.png", texture(3, size=40))
-    with pytest.raises(SystemExit, match=r"\(40, 40\).*--size"):
-        analysis.main(["--image-dir", str(folder), "--out", str(tmp_path / "out"), "--net", "alex"])
+    save_array(folder, "a/tex_rot90.png", texture(3, size=40))
+    cli_error(analysis.main, ["--image-dir", folder, "--out", tmp_path / "out", "--net", "alex"], r"\(40, 40\).*--size")
     analysis.main(["--image-dir", str(folder), "--out", str(tmp_path / "out"), "--net", "alex", "--size", "40",
                    "--method", "spatial", "--channel-norm", "on"])
     assert len(read_rows(tmp_path / "out" / "results.csv")) == len(CASES)
@@ -248,7 +173,7 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "results.csv"
     path.write_bytes(b"old")
     with pytest.raises(TypeError):
-        experiment.write_atomic(str(path), 12345)
+        write_atomic(str(path), 12345)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["results.csv"]
 
 
@@ -295,17 +220,17 @@ def test_real_image_distances_equal_the_metric(real_run, torch_home, net):
         first = rows[0]
         assert (first["method"], first["channel_norm"]) == ("spatial", "true")
         pair = (load_white(images / first[c]) for c in ("image", "variant"))
-        assert_close(float(first["distance"]), metric(*pair).item())
+        assert_close(float(first["distance"]), metric(*pair).item(), atol=ATOL)
     for row in rows:
         config = (row["method"], row["channel_norm"] == "true")
-        assert_close(float(row["distance"]), expected[row["image"], row["variant"]][config].item())
+        assert_close(float(row["distance"]), expected[row["image"], row["variant"]][config].item(), atol=ATOL)
         threshold = expected[row["image"], row["threshold_image"]][config].item()
-        assert_close(float(row["threshold_distance"]), threshold)
+        assert_close(float(row["threshold_distance"]), threshold, atol=ATOL)
 
 
-def run_analysis(folder, out, *extra):
-    analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex", "--method", "mean",
-                   "--channel-norm", "on", "--device", "cpu", *extra])
+def analysis_args(folder, out, *extra):
+    return ["--image-dir", folder, "--out", out, "--net", "alex", "--method", "mean", "--channel-norm", "on",
+            "--device", "cpu", *extra]
 
 
 def test_manifest_with_a_bom_is_read_and_a_non_utf8_one_is_a_clear_error(tmp_path):
@@ -330,11 +255,10 @@ def test_unwritable_out_is_refused_before_any_computation(torch_home, tmp_path, 
     folder = make_folder(tmp_path / "images")
     monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(SystemExit, match=r"^analysis.py: error: --out .*a_file/logs: .*a_file is a file"):
-        run_analysis(folder, tmp_path / "a_file" / "logs")
+    cli_error(analysis.main, analysis_args(folder, tmp_path / "a_file" / "logs"),
+              r"^analysis.py: error: --out .*a_file/logs: .*a_file is a file")
     (tmp_path / "out" / "summary.png").mkdir(parents=True)
-    with pytest.raises(SystemExit, match=r"summary.png is a folder"):
-        run_analysis(folder, tmp_path / "out")
+    cli_error(analysis.main, analysis_args(folder, tmp_path / "out"), r"summary.png is a folder")
 
 
 def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
@@ -351,8 +275,7 @@ def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
         write(path, data)
 
     monkeypatch.setattr(analysis, "write_atomic", disk_full_at_summary_md)
-    with pytest.raises(SystemExit, match="No space left on device"):
-        run_analysis(folder, out)
+    cli_error(analysis.main, analysis_args(folder, out), "No space left on device")
     assert sorted(os.listdir(out)) == sorted(analysis.OUTPUTS)
     assert all((out / name).read_text() == f"earlier {name}" for name in analysis.OUTPUTS)
 
@@ -360,10 +283,9 @@ def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
 def test_ctrl_c_is_one_line(torch_home, tmp_path, monkeypatch, capsys):
     folder = make_folder(tmp_path / "images")
     monkeypatch.setattr(analysis, "pair_distances", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(SystemExit) as exit_info:
-        run_analysis(folder, tmp_path / "out")
-    assert exit_info.value.code == 130
-    assert capsys.readouterr().err == f"analysis.py: interrupted; nothing was written to {tmp_path / 'out'}\n"
+    code, _, err = run_cli(analysis.main, analysis_args(folder, tmp_path / "out"))
+    assert code == 130
+    assert err == f"analysis.py: interrupted; nothing was written to {tmp_path / 'out'}\n"
     assert not (tmp_path / "out").exists()
 
 
@@ -384,12 +306,12 @@ def test_damaged_weights_and_refused_images_are_one_line_errors(weights_home, tm
     weights = tmp_path / "weights" / "alexnet-owt-7be5be79.pth"
     weights.parent.mkdir()
     weights.write_bytes(b"<html>not found</html>")
-    with pytest.raises(SystemExit, match=rf"^analysis.py: error: cannot read weights file {weights} .*delete it"):
-        run_analysis(folder, tmp_path / "out", "--weights-dir", str(weights.parent))
+    cli_error(analysis.main, analysis_args(folder, tmp_path / "out", "--weights-dir", weights.parent),
+              rf"^analysis.py: error: cannot read weights file {weights} .*delete it")
     # FeatureExtractor's refusal of an image smaller than the network takes is a ValueError
     monkeypatch.setenv("TORCH_HOME", weights_home["home"])
     monkeypatch.setattr(DistanceMetric, "features", lambda *a: (_ for _ in ()).throw(
         ValueError("images of 8x8 pixels are smaller than alex takes: at least 31x31")))
-    with pytest.raises(SystemExit, match=r"^analysis.py: error: images of 8x8 pixels .* at least 31x31$"):
-        run_analysis(folder, tmp_path / "out", "--size", "8")
+    cli_error(analysis.main, analysis_args(folder, tmp_path / "out", "--size", "8"),
+              r"^analysis.py: error: images of 8x8 pixels .* at least 31x31$")
     assert not (tmp_path / "out").exists()

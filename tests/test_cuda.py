@@ -7,9 +7,10 @@ the same device within 1e-5.
 import pytest
 import torch
 
-from experiment import ALL_CONFIGS, DistanceMetric, main
-from test_evaluation import bapps, read_csv, run  # noqa: F401  (bapps: the fixture, used by name)
-from test_metric import assert_close, images, lpips_reference
+from experiment import main
+from helpers import (assert_close, fill, images, lpips_reference, read_csv_rows, read_results_csv, run_distance,
+                     run_experiment)
+from metric import ALL_CONFIGS, DistanceMetric
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NETS = ("alex", "squeeze", "vgg")
@@ -51,31 +52,28 @@ def test_gradients_and_autocast_on_cuda(torch_home):
 
 def test_evaluation_on_cuda_equals_the_cpu(torch_home, bapps, tmp_path):
     flags = ["--method", "all", "--channel-norm", "both", "--splits", "jnd", "--limit", "6"]
-    assert run([*flags, "--device", "cpu"], bapps, tmp_path / "cpu") == 0
-    assert run([*flags, "--device", "cuda"], bapps, tmp_path / "cuda") == 0
-    cpu, cuda = read_csv(tmp_path / "cpu"), read_csv(tmp_path / "cuda")
+    assert run_experiment([*flags, "--device", "cpu"], bapps, tmp_path / "cpu") == 0
+    assert run_experiment([*flags, "--device", "cuda"], bapps, tmp_path / "cuda") == 0
+    cpu, cuda = read_results_csv(tmp_path / "cpu"), read_results_csv(tmp_path / "cuda")
     assert [r["method"] for r in cpu] == [r["method"] for r in cuda] and len(cpu) == 20
     for a, b in zip(cpu, cuda):
         # distances differ by ~1e-4 between devices, far less than between examples: same ranks, same scores
         assert float(b["value"]) == pytest.approx(float(a["value"]), abs=1e-9)
 
 
-def test_training_on_one_gpu(torch_home, tmp_path):
-    from bapps_fake import make_bapps
-    data = make_bapps(tmp_path / "bapps", n_2afc=6, n_jnd=4, splits=("train", "jnd"))
+def test_training_on_one_gpu(torch_home, bapps_tree, tmp_path):
+    data = bapps_tree(n_2afc=6, n_jnd=4, parts=("train", "jnd"))
     assert main(["--train", "--variant", "lin", "--data-root", str(data), "--no-download", "--out",
                  str(tmp_path / "out"), "--device", "cuda", "--precision", "16-mixed", "--epochs", "2",
                  "--batch-size", "6", "--num-workers", "0", "--logger", "csv", "--splits", "jnd"]) == 0
     assert (tmp_path / "out" / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()
-    assert len(read_csv(tmp_path / "out")) == 2
+    assert len(read_results_csv(tmp_path / "out")) == 2
 
 
 def test_distance_over_two_folders_on_cuda_equals_the_package_on_cuda(torch_home, tmp_path, capsys):
     import lpips
     import numpy as np
     from PIL import Image
-    from test_distance import fill, read_csv
-    from test_distance import run as run_distance
 
     names = [f"{i}.png" for i in range(6)]
     dir0, dir1 = fill(tmp_path / "gen", 0, names), fill(tmp_path / "gt", 50, names)
@@ -83,7 +81,7 @@ def test_distance_over_two_folders_on_cuda_equals_the_package_on_cuda(torch_home
                                "--device", "cuda", "--out", tmp_path / "pairs.csv"], capsys)
     assert code == 0
     package = lpips_reference("alex", torch_home["alex"]).cuda()
-    for row in read_csv(tmp_path / "pairs.csv")[1:]:
+    for row in read_csv_rows(tmp_path / "pairs.csv")[1:]:
         x0, x1 = (lpips.im2tensor(np.array(Image.open(f"{d}/{row[0]}").convert("RGB"))).cuda() for d in (dir0, dir1))
         with torch.no_grad():
             theirs = package(x0, x1).flatten().cpu()

@@ -1,6 +1,6 @@
 """dataset_collector.py: download, safe extraction, datasets and load_image, all offline.
 
-Archives are built here from a tiny BAPPS tree (tests/bapps_fake.py) and served by an
+Archives are built here from a tiny synthetic BAPPS tree (`write_synthetic`) and served by an
 http.server on 127.0.0.1 that supports Range, can ignore it, can cut a transfer off
 half-way, and counts requests.
 """
@@ -22,15 +22,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bapps_fake import make_bapps
 import experiment
-from dataset_collector import (ARCHIVES, SUBSPLITS, DatasetError, ImageLoadError, dataset_collector,
-                               fetch_part, load_image, main, marker_path)
+from dataset_collector import ARCHIVES, SUBSPLITS, DatasetError, dataset_collector, fetch_part, main, write_synthetic
+from evaluation import bapps_sets
+from image_io import ImageLoadError, load_image
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICIAL_PREFIX = {"train": "dataset/2afc/", "val": "dataset/2afc/", "jnd": "dataset/"}
 BARE_PREFIX = {"train": "", "val": "", "jnd": ""}
 PART_FOLDER = {"train": "train", "val": "val", "jnd": "jnd/val"}
+
+
+def old_marker(root, part):
+    """The completion marker earlier versions wrote after extracting a part (no longer written or read)."""
+    return Path(root) / f".complete-{part}"
 
 
 # ---------------------------------------------------------------- helpers
@@ -113,7 +118,7 @@ def _files(root, part):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    return make_bapps(tmp_path_factory.mktemp("src"), n_2afc=2, n_jnd=2, size=8)
+    return write_synthetic(tmp_path_factory.mktemp("src"), n_2afc=2, n_jnd=2, size=8)
 
 
 # ---------------------------------------------------------------- download and extraction
@@ -127,9 +132,7 @@ def test_downloads_extracts_exact_layout_then_makes_no_request(source, server, t
     assert main(["--root", str(root), "--parts", "val", "jnd", "train", "--url", server.url]) == 0
     for part in ARCHIVES:
         assert _files(root, part) == _files(source, part)
-        assert marker_path(root, part).exists()
-    assert sorted(p.name for p in root.iterdir()) == [
-        ".complete-jnd", ".complete-train", ".complete-val", "jnd", "train", "val"]
+    assert sorted(p.name for p in root.iterdir()) == ["jnd", "train", "val"]  # the parts, and nothing else
     assert len(server.state.requests) == 3
 
     assert main(["--root", str(root), "--url", server.url]) == 0
@@ -149,12 +152,12 @@ def _snapshot(root):
     return {p.relative_to(root): p.read_bytes() if p.is_file() else None for p in Path(root).rglob("*")}
 
 
-@pytest.mark.parametrize("layout", ["lpips", "hand"])
+@pytest.mark.parametrize("layout", ["lpips", "project"])
 def test_tree_on_disk_is_used_as_it_is_and_never_touched(source, server, tmp_path, capsys, layout):
     """LPIPS's layout (2afc/val, no markers) or ours extracted by hand: no download, no change, user files kept."""
     for part in ARCHIVES:
         _build_archive(source, part, server.dir / ARCHIVES[part])
-    root = make_bapps(tmp_path / "root", n_2afc=2, n_jnd=3, size=8, splits=("val", "jnd"), layout=layout, seed=5)
+    root = write_synthetic(tmp_path / "root", n_2afc=2, n_jnd=3, size=8, parts=("val", "jnd"), layout=layout, seed=5)
     val = root / ("2afc/val" if layout == "lpips" else "val")
     (val / "cnn" / "ref" / "my_notes.txt").write_text("the user's own file")
     (root / "jnd/val/cnn/p0/000000.png").write_bytes(b"a user's edit")
@@ -165,14 +168,14 @@ def test_tree_on_disk_is_used_as_it_is_and_never_touched(source, server, tmp_pat
         data = dataset_collector("BAPPS", "val", subsplit="cnn", root=root, download=download, load_size=8)
         assert len(data) == 2 and torch.equal(data[1]["p1"], _pixels(val / "cnn/p1/000001.png"))
         assert len(dataset_collector("BAPPS", "jnd/val", root=root, download=download)) == 6
-    sets = experiment.bapps_sets(root, ["val"], ["color"], download=True)
+    sets = bapps_sets(root, ["val"], ["color"], download=True)
     assert [(d, s, len(x)) for d, s, x in sets] == [("2afc", "color", 2)]
     assert server.state.requests == [] and _snapshot(root) == before
 
 
 def test_missing_subsplit_is_one_error_listing_those_present(server, tmp_path):
-    root = make_bapps(tmp_path / "root", n_2afc=1, size=8, splits=("val",), layout="lpips",
-                      subsplits=("traditional", "cnn"))
+    root = write_synthetic(tmp_path / "root", n_2afc=1, size=8, parts=("val",), layout="lpips",
+                           subsplits=("traditional", "cnn"))
     for download in (False, True):
         with pytest.raises(DatasetError) as error:
             dataset_collector("BAPPS", "val", root=root, download=download)
@@ -181,14 +184,37 @@ def test_missing_subsplit_is_one_error_listing_those_present(server, tmp_path):
     assert server.state.requests == []
 
 
-def test_our_own_extraction_writes_its_marker_and_a_stale_marker_alone_is_not_a_part(source, server, tmp_path):
+def test_a_stale_marker_alone_is_not_a_part_and_a_tree_with_markers_reads_as_any(source, server, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    marker_path(root, "jnd").write_text("left without its folder")
+    old_marker(root, "jnd").write_text("left without its folder")
     _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
     assert fetch_part(root, "jnd", url=server.url)
-    assert _files(root, "jnd") == _files(source, "jnd") and "jnd.tar.gz" in marker_path(root, "jnd").read_text()
+    assert _files(root, "jnd") == _files(source, "jnd")
+    assert old_marker(root, "jnd").read_text() == "left without its folder"
     assert not fetch_part(root, "jnd", url=server.url) and len(server.state.requests) == 1
+    assert sorted(p.name for p in root.iterdir()) == [".complete-jnd", "jnd"]  # no marker of its own
+
+
+def test_an_extraction_cut_short_leaves_no_part_and_a_rerun_completes_it(source, server, tmp_path, monkeypatch):
+    _build_archive(source, "val", server.dir / ARCHIVES["val"])
+    root, extract, calls = tmp_path / "root", tarfile.TarFile.extract, []
+
+    def cut_after_three_files(self, member, *args, **kwargs):
+        calls.append(member.name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return extract(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", cut_after_three_files)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_part(root, "val", url=server.url, keep_archive=True)
+    assert sorted(p.name for p in root.iterdir()) == [ARCHIVES["val"]]  # no part folder, no staging folder
+    with pytest.raises(DatasetError, match="BAPPS val is not under"):
+        dataset_collector("BAPPS", "val", root=root, download=False)
+    monkeypatch.setattr(tarfile.TarFile, "extract", extract)
+    assert fetch_part(root, "val", url=server.url)
+    assert _files(root, "val") == _files(source, "val") and len(server.state.requests) == 1
 
 
 def test_download_that_is_not_gzip_is_deleted_and_a_rerun_fetches_again(source, server, tmp_path, capsys):
@@ -243,7 +269,7 @@ def test_cut_transfer_fails_cleanly_then_completes(source, server, tmp_path, ign
     assert first.returncode != 0
     assert server.url + ARCHIVES["val"] in first.stderr
     assert str(root / ARCHIVES["val"]) in first.stderr
-    assert not marker_path(root, "val").exists() and not (root / "val").exists()
+    assert not (root / "val").exists()
     partial = root / (ARCHIVES["val"] + ".part")
     half = archive.stat().st_size // 2
     assert partial.stat().st_size == half
@@ -251,7 +277,7 @@ def test_cut_transfer_fails_cleanly_then_completes(source, server, tmp_path, ign
     assert main(["--root", str(root), "--parts", "val", "--url", server.url]) == 0
     assert [r for _, r in server.state.requests] == [None, f"bytes={half}-"]
     assert _files(root, "val") == _files(source, "val")
-    assert marker_path(root, "val").exists() and not partial.exists()
+    assert not partial.exists()
 
 
 def test_cut_transfer_is_retried_within_one_run(source, server, tmp_path):
@@ -270,7 +296,7 @@ def test_missing_file_on_server_says_where_to_place_it(server, tmp_path, capsys)
     assert "404" in err and server.url + ARCHIVES["jnd"] in err
     assert str(root / ARCHIVES["jnd"]) in err
     assert len(server.state.requests) == 1
-    assert not marker_path(root, "jnd").exists()
+    assert not (root / "jnd").exists()
 
 
 def _hostile(kind, tmp_path):
@@ -361,7 +387,7 @@ def test_help_lists_the_options(capsys):
 
 @pytest.fixture(scope="module")
 def bapps(tmp_path_factory):
-    return make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=5, n_jnd=4, size=64)
+    return write_synthetic(tmp_path_factory.mktemp("bapps"), n_2afc=5, n_jnd=4, size=64)
 
 
 def _pixels(path):
@@ -416,7 +442,7 @@ def test_dataloader_batches_in_worker_processes(bapps):
 
 
 def test_missing_stem_is_named(tmp_path):
-    root = make_bapps(tmp_path, n_2afc=3, size=8, splits=("val",))
+    root = write_synthetic(tmp_path, n_2afc=3, size=8, parts=("val",))
     (root / "val/deblur/p1/000002.png").unlink()
     with pytest.raises(DatasetError, match=r"000002.*p1"):
         dataset_collector("BAPPS", "val", subsplit="deblur", root=root, download=False)
@@ -424,7 +450,7 @@ def test_missing_stem_is_named(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_png_names_its_path(tmp_path, damage):
-    root = make_bapps(tmp_path, n_2afc=2, size=16, splits=("val",))
+    root = write_synthetic(tmp_path, n_2afc=2, size=16, parts=("val",))
     path = root / "val/superres/p0/000001.png"
     data = path.read_bytes()
     path.write_bytes(b"not a png" if damage == "garbage" else data[:len(data) // 2])
@@ -446,7 +472,7 @@ def test_unknown_names_list_the_valid_ones(tmp_path, args, valid):
 
 
 def test_missing_dataset_without_download_names_the_command(tmp_path):
-    make_bapps(tmp_path, n_2afc=1, size=8, splits=("val",))
+    write_synthetic(tmp_path, n_2afc=1, size=8, parts=("val",))
     expected = f"python dataset_collector.py --root {tmp_path} --parts jnd"
     with pytest.raises(DatasetError, match=re.escape(expected)):
         dataset_collector("BAPPS", "jnd/val", root=tmp_path, download=False)

@@ -1,7 +1,5 @@
 """distance.py: its numbers against DistanceMetric and the lpips package on independently loaded files,
 folder pairing, CSV and matrix outputs, errors, and interrupted runs."""
-import csv
-import io
 import os
 import statistics
 import subprocess
@@ -15,36 +13,12 @@ import torch
 from PIL import Image
 
 import distance
-from dataset_collector import load_image
-from experiment import ALL_CONFIGS, DistanceMetric
-from test_metric import assert_close, lpips_reference
+from helpers import (HEADER, PAIRED, assert_close, fill, lpips_reference, picture, read_csv_rows,
+                     run_distance, save_picture)
+from image_io import load_image
+from metric import ALL_CONFIGS, DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 32
-PAIRED = ("a.png", "sub/b.png", "sub/deeper/c.png", "gray.png", "alpha.png")
-HEADER = ["path0", "path1", "distance", "net", "layers", "variant", "method", "channel_norm", "normalize"]
-
-
-def picture(seed, size=SIZE, channels=3):
-    """A smooth random picture (uint8), upsampled from coarse noise."""
-    coarse = np.random.default_rng(seed).integers(0, 256, (4, 4, channels), dtype=np.uint8)
-    image = Image.fromarray(coarse.squeeze(-1) if channels == 1 else coarse)
-    return image.resize((size, size) if isinstance(size, int) else size, Image.BICUBIC)
-
-
-def save(folder, name, image):
-    path = Path(folder) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return str(path)
-
-
-def fill(folder, offset, names=PAIRED, extra=()):
-    """Pictures under `folder` (grayscale and RGBA for those so named), seeds shifted by `offset`."""
-    for i, name in enumerate((*names, *extra)):
-        channels = 1 if name.startswith("gray") else 4 if name.startswith("alpha") else 3
-        save(folder, name, picture(offset + i, channels=channels))
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +26,6 @@ def folders(tmp_path_factory):
     """Two folders pairing PAIRED by relative path (nested), each with one file of its own."""
     root = tmp_path_factory.mktemp("folders")
     return fill(root / "dir0", 0, extra=("only0.png",)), fill(root / "dir1", 100, extra=("only1.png", "zz.png"))
-
-
-def run(argv, capsys):
-    """main(argv) in this process: (exit code, stdout, stderr)."""
-    code = distance.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def read_csv(path_or_text):
-    text = Path(path_or_text).read_text() if os.path.exists(str(path_or_text)) else path_or_text
-    return list(csv.reader(io.StringIO(text)))
 
 
 def loaded(path, size=None):
@@ -79,7 +40,7 @@ def loaded(path, size=None):
 ])
 def test_two_files_print_the_metric_on_the_loaded_images(torch_home, folders, capsys, name, flags, kwargs):
     path0, path1 = (os.path.join(folder, name) for folder in folders)
-    code, out, _ = run([path0, path1, *flags], capsys)
+    code, out, _ = run_distance([path0, path1, *flags], capsys)
     expected = DistanceMetric(**kwargs)(loaded(path0), loaded(path1))
     assert code == 0 and out.strip() == out.strip().splitlines()[-1]
     assert_close(torch.tensor([float(out)]), expected, rtol=1e-6)
@@ -87,7 +48,7 @@ def test_two_files_print_the_metric_on_the_loaded_images(torch_home, folders, ca
 
 def test_two_files_all_configs_table_equals_all_methods(torch_home, folders, capsys):
     path0, path1 = (os.path.join(folder, "sub/b.png") for folder in folders)
-    code, out, _ = run([path0, path1, "--all-configs"], capsys)
+    code, out, _ = run_distance([path0, path1, "--all-configs"], capsys)
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].split() == ["method", "channel_norm", "distance"] and len(lines) == 11
     expected = DistanceMetric("alex").all_methods(loaded(path0), loaded(path1))
@@ -101,10 +62,10 @@ def test_official_lpips_over_two_folders_equals_the_lpips_package(torch_home, tm
     names = [f"{i}.png" for i in range(5)] + ["nested/5.png"]
     dir0, dir1 = fill(tmp_path / "gen", 0, names), fill(tmp_path / "gt", 50, names)
     out = tmp_path / "pairs.csv"
-    code, _, _ = run([dir0, dir1, "--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips",
+    code, _, _ = run_distance([dir0, dir1, "--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips",
                       "--batch-size", "4", "--out", out], capsys)
     assert code == 0
-    rows = read_csv(out)[1:]
+    rows = read_csv_rows(out)[1:]
     assert sorted(row[0] for row in rows) == sorted(names)
     package = lpips_reference("alex", torch_home["alex"])
     for row in rows:
@@ -118,8 +79,8 @@ def test_official_lpips_over_two_folders_equals_the_lpips_package(torch_home, tm
 
 def test_folders_pair_by_relative_path_and_report_unpaired_files(torch_home, folders, tmp_path, capsys):
     out = tmp_path / "pairs.csv"
-    code, stdout, err = run([*folders, "--out", out], capsys)
-    rows = read_csv(out)
+    code, stdout, err = run_distance([*folders, "--out", out], capsys)
+    rows = read_csv_rows(out)
     assert code == 0 and rows[0] == HEADER
     assert sorted((row[0], row[1]) for row in rows[1:]) == sorted((name, name) for name in PAIRED)
     assert "1 file only in" in err and "only0.png" in err
@@ -138,14 +99,14 @@ def test_folders_pair_by_relative_path_and_report_unpaired_files(torch_home, fol
 
 def test_strict_makes_unpaired_files_an_error_and_writes_nothing(torch_home, folders, tmp_path, capsys):
     out = tmp_path / "pairs.csv"
-    code, _, err = run([*folders, "--strict", "--out", out], capsys)
-    assert code == 1 and err.startswith("error: ") and "only0.png" in err and "--strict" in err
+    code, _, err = run_distance([*folders, "--strict", "--out", out], capsys)
+    assert code == 1 and err.startswith("distance.py: error: ") and "only0.png" in err and "--strict" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_all_configs_over_folders_one_row_per_pair_and_configuration(torch_home, folders, capsys):
-    code, out, err = run([*folders, "--all-configs", "--batch-size", "2"], capsys)
-    rows = read_csv(out)
+    code, out, err = run_distance([*folders, "--all-configs", "--batch-size", "2"], capsys)
+    rows = read_csv_rows(out)
     assert code == 0 and rows[0] == HEADER and len(rows) == 1 + 10 * len(PAIRED)
     assert "distance mean ± standard deviation" in err  # rows on stdout: the summary goes to stderr
     metric = DistanceMetric()
@@ -157,15 +118,15 @@ def test_all_configs_over_folders_one_row_per_pair_and_configuration(torch_home,
 
 
 def test_worker_processes_give_the_same_rows(torch_home, folders, capsys):
-    _, threaded, _ = run([*folders, "--batch-size", "2"], capsys)
-    _, workers, _ = run([*folders, "--batch-size", "3", "--num-workers", "1"], capsys)
-    assert read_csv(threaded) == read_csv(workers)
+    _, threaded, _ = run_distance([*folders, "--batch-size", "2"], capsys)
+    _, workers, _ = run_distance([*folders, "--batch-size", "3", "--num-workers", "1"], capsys)
+    assert read_csv_rows(threaded) == read_csv_rows(workers)
 
 
 def test_all_pairs_writes_the_symmetric_matrix_and_plot(torch_home, folders, tmp_path, capsys):
     out = tmp_path / "matrix.csv"
-    code, stdout, _ = run(["--all-pairs", folders[0], "--out", out, "--plot", "--batch-size", "2"], capsys)
-    rows = read_csv(out)
+    code, stdout, _ = run_distance(["--all-pairs", folders[0], "--out", out, "--plot", "--batch-size", "2"], capsys)
+    rows = read_csv_rows(out)
     names = rows[0][1: 1 + len(PAIRED) + 1]
     assert code == 0 and sorted(names) == sorted([*PAIRED, "only0.png"])
     assert rows[0][len(names) + 1:] == HEADER[3:] and [row[0] for row in rows[1:]] == names
@@ -180,8 +141,8 @@ def test_all_pairs_writes_the_symmetric_matrix_and_plot(torch_home, folders, tmp
 
 
 def test_all_pairs_all_configs_has_a_block_per_configuration(torch_home, folders, capsys):
-    code, out, _ = run(["--all-pairs", folders[1], "--all-configs", "--size", "40"], capsys)
-    rows = read_csv(out)
+    code, out, _ = run_distance(["--all-pairs", folders[1], "--all-configs", "--size", "40"], capsys)
+    rows = read_csv_rows(out)
     n = len(rows[0]) - 1 - len(HEADER[3:])
     assert code == 0 and len(rows) == 1 + 10 * n
     assert [(row[-3], row[-2]) for row in rows[1::n]] == [(m, str(c).lower()) for m, c in ALL_CONFIGS]
@@ -192,11 +153,11 @@ def test_all_pairs_all_configs_has_a_block_per_configuration(torch_home, folders
 
 
 def test_different_sizes_are_an_error_naming_both_unless_resized(torch_home, tmp_path, capsys):
-    small = save(tmp_path, "small.png", picture(1, size=(40, 30)))
-    large = save(tmp_path, "large.png", picture(2, size=48))
-    code, out, err = run([small, large], capsys)
+    small = save_picture(tmp_path, "small.png", picture(1, size=(40, 30)))
+    large = save_picture(tmp_path, "large.png", picture(2, size=48))
+    code, out, err = run_distance([small, large], capsys)
     assert code == 1 and not out and "40x30" in err and "48x48" in err and "--size N" in err
-    code, out, _ = run([small, large, "--size", "36"], capsys)
+    code, out, _ = run_distance([small, large, "--size", "36"], capsys)
     assert code == 0
     assert_close(torch.tensor([float(out)]), DistanceMetric()(loaded(small, 36), loaded(large, 36)), rtol=1e-6)
 
@@ -204,29 +165,29 @@ def test_different_sizes_are_an_error_naming_both_unless_resized(torch_home, tmp
 def test_unreadable_image_is_named_or_skipped(torch_home, folders, tmp_path, capsys):
     broken = tmp_path / "broken"
     for name in ("a.png", "gray.png", "c.png"):
-        save(broken, name, picture(7))
+        save_picture(broken, name, picture(7))
     (broken / "gray.png").write_bytes(b"not a png")
     out = tmp_path / "pairs.csv"
-    code, _, err = run([broken, folders[0], "--out", out], capsys)
+    code, _, err = run_distance([broken, folders[0], "--out", out], capsys)
     assert code == 1 and "gray.png" in err and "--skip-bad" in err and not out.exists()
-    code, _, err = run([broken, folders[0], "--out", out, "--skip-bad"], capsys)
+    code, _, err = run_distance([broken, folders[0], "--out", out, "--skip-bad"], capsys)
     assert code == 0 and "skipped: cannot read image" in err and "gray.png" in err
-    assert [row[0] for row in read_csv(out)[1:]] == ["a.png"]  # c.png has no pair in folders[0]
-    code, out, err = run(["--all-pairs", broken, "--skip-bad"], capsys)
-    assert code == 0 and "gray.png" in err and [row[0] for row in read_csv(out)[1:]] == ["a.png", "c.png"]
+    assert [row[0] for row in read_csv_rows(out)[1:]] == ["a.png"]  # c.png has no pair in folders[0]
+    code, out, err = run_distance(["--all-pairs", broken, "--skip-bad"], capsys)
+    assert code == 0 and "gray.png" in err and [row[0] for row in read_csv_rows(out)[1:]] == ["a.png", "c.png"]
 
 
 @pytest.mark.parametrize("make_paths, message", [
     (lambda tmp, dirs: [tmp / "missing.png", os.path.join(dirs[0], "a.png")], "no such file or folder"),
     (lambda tmp, dirs: [dirs[0], os.path.join(dirs[1], "a.png")], "give two image files or two folders"),
     (lambda tmp, dirs: [dirs[0], tmp], "no image files in"),
-    (lambda tmp, dirs: [dirs[0], save(tmp / "other", "unrelated.png", picture(3)).rsplit(os.sep, 1)[0]],
+    (lambda tmp, dirs: [dirs[0], save_picture(tmp / "other", "unrelated.png", picture(3)).rsplit(os.sep, 1)[0]],
      "no image file in common"),
     (lambda tmp, dirs: ["--all-pairs", os.path.join(dirs[0], "a.png")], "takes a folder"),
 ])
 def test_bad_paths_give_a_one_line_error(torch_home, folders, tmp_path, capsys, make_paths, message):
-    code, out, err = run(make_paths(tmp_path, folders), capsys)
-    assert code == 1 and not out and err.startswith("error: ") and message in err
+    code, out, err = run_distance(make_paths(tmp_path, folders), capsys)
+    assert code == 1 and not out and err.startswith("distance.py: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -235,13 +196,13 @@ def test_metric_errors_reach_the_user_as_one_line(folders, tmp_path, monkeypatch
     for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens there: no network
     pair = [os.path.join(folder, "a.png") for folder in folders]
-    code, _, err = run(pair, capsys)
-    assert code == 1 and err.startswith("error: ") and "alexnet-owt-7be5be79.pth" in err
+    code, _, err = run_distance(pair, capsys)
+    assert code == 1 and err.startswith("distance.py: error: ") and "alexnet-owt-7be5be79.pth" in err
     assert len(err.strip().splitlines()) == 1
     bad_lin = tmp_path / "lin.pth"
     bad_lin.write_bytes(b"garbage")
-    code, _, err = run([*pair, "--variant", "lin", "--lpips-weights", bad_lin], capsys)
-    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    code, _, err = run_distance([*pair, "--variant", "lin", "--lpips-weights", bad_lin], capsys)
+    assert code == 1 and err.startswith("distance.py: error: ") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -273,7 +234,7 @@ def test_interrupted_run_leaves_no_output_and_keeps_an_old_file(torch_home, fold
     old.write_text("earlier results\n")
     for out in (fresh, old):
         calls.clear()
-        code, _, err = run([*folders, "--batch-size", "1", "--out", out], capsys)
+        code, _, err = run_distance([*folders, "--batch-size", "1", "--out", out], capsys)
         assert code == 130 and "interrupted" in err and len(calls) == 2
     assert not fresh.exists() and old.read_text() == "earlier results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"]  # no temporary file left
@@ -301,5 +262,5 @@ def test_command_line_prints_the_number_last_and_imports_no_training_stack(torch
     expected = DistanceMetric()(loaded(pair[0]), loaded(pair[1]))
     assert_close(torch.tensor([float(done.stdout.splitlines()[-1])]), expected, rtol=1e-6)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
-    assert "experiment" in imported
+    assert "metric" in imported and "experiment" not in imported
     assert not imported & {"pytorch_lightning", "lightning", "wandb", "matplotlib", "training"}

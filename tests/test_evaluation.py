@@ -1,5 +1,4 @@
 """BAPPS scoring and evaluation: hand-computed cases, the lpips package's formulas, results.csv."""
-import csv
 import math
 import os
 import statistics
@@ -7,44 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lpips
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-import experiment
-from bapps_fake import make_bapps
-from experiment import ALL_CONFIGS, main, results_table, score_2afc, score_jnd
-from loss_networks import FeatureExtractor
-from test_metric import lpips_reference, reference_distance, reference_features
+import evaluation
+from experiment import main
+from helpers import (IMAGES_PER_NET, LIMIT, assert_scores_equal, expected_scores, lpips_2afc, lpips_jnd,
+                     lpips_reference, read_results_csv, reference_distance, reference_features, run_experiment,
+                     table_cells, table_row, values)
+from metric import ALL_CONFIGS, DistanceMetric, score_2afc, score_jnd
+from results import result_key, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = [("2afc", s, ("ref", "p0", "p1"), "judge")
-        for s in ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")] + \
-       [("jnd", s, ("p0", "p1"), "same") for s in ("traditional", "cnn")]
-
-
-class OneBatch:
-    """The `load_data()` interface of lpips' data loaders, serving one batch."""
-
-    def __init__(self, **batch):
-        self.batch = batch
-
-    def load_data(self):
-        return [self.batch]
-
-
-def lpips_2afc(d0, d1, judge):
-    """lpips.score_2afc_dataset on given distances: its `func(ref, p)` returns p itself."""
-    loader = OneBatch(ref=torch.zeros(len(d0)), p0=d0, p1=d1, judge=judge)
-    return lpips.score_2afc_dataset(loader, lambda ref, p: p)[0]
-
-
-def lpips_jnd(d, same):
-    """lpips.score_jnd_dataset on given distances: its `func(p0, p1)` returns p1 itself."""
-    loader = OneBatch(p0=torch.zeros(len(d)), p1=d, same=same)
-    return lpips.score_jnd_dataset(loader, lambda p0, p1: p1)[0]
 
 
 def test_score_2afc_hand_computed_with_ties():
@@ -99,73 +72,8 @@ def test_scores_refuse_empty_or_mismatched_inputs():
 # ---------------------------------------------------------------- evaluation on a small BAPPS tree
 
 
-@pytest.fixture(scope="module")
-def bapps(tmp_path_factory):
-    """24 triplets (4 per 2AFC subsplit) and 16 pairs (8 per JND subsplit) of 64x64 patches."""
-    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=4, n_jnd=8, splits=("val", "jnd")))
-
-
-def read_set(root, dataset, subsplit, keys, label):
-    """One set read with PIL and numpy alone: ({key: images (N, 3, H, W)}, labels (N,)), stems sorted."""
-    folder = Path(root) / ("val" if dataset == "2afc" else "jnd/val") / subsplit
-    stems = sorted(p.stem for p in (folder / label).glob("*.npy"))
-    images = {key: torch.stack([torch.from_numpy(np.array(Image.open(folder / key / f"{stem}.png").convert("RGB")))
-                                .permute(2, 0, 1).float() / 255 for stem in stems]) for key in keys}
-    labels = torch.tensor([float(np.load(folder / label / f"{stem}.npy")[0]) for stem in stems])
-    return images, labels
-
-
-def run(args, bapps, out, *extra):
-    return main(["--data-root", bapps, "--no-download", "--out", str(out), "--num-workers", "0",
-                 "--batch-size", "5", *args, *extra])
-
-
-def read_csv(out):
-    with open(Path(out) / "results.csv", newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def values(rows, **match):
-    """{(method, channel_norm, dataset, subsplit, measure): float} of the rows matching `match`."""
-    return {(r["method"], r["channel_norm"] == "true", r["dataset"], r["subsplit"], r["measure"]): float(r["value"])
-            for r in rows if all(r[k] == v for k, v in match.items())}
-
-
-def expected_scores(bapps, features, compare):
-    """lpips' scoring (and accuracy in plain torch) of every set, with features computed in one call.
-
-    `features(x)` returns a list of per-image tensors; `compare(f0, f1)` -> {config: distances (N,)}.
-    """
-    sets = [(dataset, subsplit, *read_set(bapps, dataset, subsplit, keys, label))
-            for dataset, subsplit, keys, label in SETS]
-    everything = features(torch.cat([images[key] for *_, images, _ in sets for key in images]))
-    start, expected = 0, {}
-    for dataset, subsplit, images, labels in sets:
-        feats = {}
-        for key in images:
-            feats[key] = [f[start:start + len(labels)] for f in everything]
-            start += len(labels)
-        if dataset == "2afc":
-            d0, d1 = compare(feats["ref"], feats["p0"]), compare(feats["ref"], feats["p1"])
-            for config in d0:
-                expected[(*config, dataset, subsplit, "score")] = lpips_2afc(d0[config], d1[config], labels)
-                agree = (d0[config] < d1[config]) == (labels < 0.5)
-                expected[(*config, dataset, subsplit, "accuracy")] = agree.double().mean().item()
-        else:
-            d = compare(feats["p0"], feats["p1"])
-            for config in d:
-                expected[(*config, dataset, subsplit, "map")] = lpips_jnd(d[config], labels)
-    return expected
-
-
-def assert_scores_equal(ours, expected):
-    assert set(ours) == set(expected)
-    for key, value in expected.items():
-        assert ours[key] == pytest.approx(value, abs=1e-9), key
-
-
 def test_all_baseline_configurations_equal_independent_scores(torch_home, bapps, tmp_path):
-    assert run(["--net", "alex", "--method", "all", "--channel-norm", "both"], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", "--method", "all", "--channel-norm", "both"], bapps, tmp_path) == 0
 
     def features(x):
         return reference_features("alex", torch_home["alex"], x)
@@ -173,7 +81,7 @@ def test_all_baseline_configurations_equal_independent_scores(torch_home, bapps,
     def compare(f0, f1):
         return {config: reference_distance(f0, f1, *config) for config in ALL_CONFIGS}
 
-    rows = read_csv(tmp_path)
+    rows = read_results_csv(tmp_path)
     assert len(rows) == len(ALL_CONFIGS) * (6 * 2 + 2)
     assert {(r["net"], r["variant"], r["normalize"], r["version"]) for r in rows} == {
         ("alex", "baseline", "imagenet", "0")}
@@ -183,49 +91,20 @@ def test_all_baseline_configurations_equal_independent_scores(torch_home, bapps,
 
 def test_official_lpips_equals_lpips_package_scores(torch_home, bapps, tmp_path, net="alex"):
     args = ["--net", net, "--variant", "lin", "--normalize", "lpips", "--lpips-weights", "official"]
-    assert run(args, bapps, tmp_path) == 0
+    assert run_experiment(args, bapps, tmp_path) == 0
     model = lpips_reference(net, torch_home[net])
 
     def compare(f0, f1):
         with torch.no_grad():
             return {("spatial", True): model(2 * f0[0] - 1, 2 * f1[0] - 1).flatten()}
 
-    rows = read_csv(tmp_path)
+    rows = read_results_csv(tmp_path)
     assert {(r["net"], r["variant"], r["normalize"]) for r in rows} == {(net, "lin", "lpips")}
     assert_scores_equal(values(rows), expected_scores(bapps, lambda x: [x], compare))
 
 
-class ForwardCounter:
-    """A global forward hook counting the images each FeatureExtractor sees while evaluating."""
-
-    def __init__(self):
-        self.images, self.extractors = {}, {}
-        self.handle = torch.nn.modules.module.register_module_forward_hook(self.hook)
-
-    def hook(self, module, inputs, output):
-        if isinstance(module, FeatureExtractor):
-            # construction probes the channel counts outside inference mode; evaluation runs inside it
-            kind = "eval" if torch.is_inference_mode_enabled() else "other"
-            self.images[module.net, kind] = self.images.get((module.net, kind), 0) + inputs[0].shape[0]
-            self.extractors.setdefault(module.net, set()).add(id(module))
-
-    def remove(self):
-        self.handle.remove()
-
-
-@pytest.fixture
-def forwards():
-    counter = ForwardCounter()
-    yield counter
-    counter.remove()
-
-
-LIMIT = ["--limit", "2"]
-IMAGES_PER_NET = 6 * 2 * 3 + 2 * 2 * 2  # every image of the first two examples of every set, once
-
-
 def test_each_image_goes_through_each_network_once(torch_home, bapps, tmp_path, forwards):
-    assert run(["--net", "alex", "squeeze", "--method", "all", "--channel-norm", "both", *LIMIT], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", "squeeze", "--method", "all", "--channel-norm", "both", *LIMIT], bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == forwards.images["squeeze", "eval"] == IMAGES_PER_NET
     assert all(len(ids) == 1 for ids in forwards.extractors.values())
 
@@ -233,25 +112,25 @@ def test_each_image_goes_through_each_network_once(torch_home, bapps, tmp_path, 
 def test_lin_configurations_share_one_backbone_pass(torch_home, bapps, tmp_path, forwards):
     args = ["--net", "alex", "--variant", "lin", "--lpips-weights", "official", "--method", "spatial", "sort",
             "mean", "--channel-norm", "both", *LIMIT]
-    assert run(args, bapps, tmp_path) == 0
+    assert run_experiment(args, bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == IMAGES_PER_NET
-    assert len({(r["method"], r["channel_norm"]) for r in read_csv(tmp_path)}) == 6
+    assert len({(r["method"], r["channel_norm"]) for r in read_results_csv(tmp_path)}) == 6
 
 
 def test_rerun_computes_only_what_is_missing_and_overwrite_recomputes(torch_home, bapps, tmp_path, forwards):
     sets = ["--subsplits", "traditional", "--limit", "3"]
-    assert run(["--net", "alex", *sets], bapps, tmp_path) == 0
-    first = values(read_csv(tmp_path))
+    assert run_experiment(["--net", "alex", *sets], bapps, tmp_path) == 0
+    first = values(read_results_csv(tmp_path))
     forwards.images.clear()
 
-    assert run(["--net", "alex", "--method", "all", "--channel-norm", "both", *sets], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", "--method", "all", "--channel-norm", "both", *sets], bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == 3 * 3 + 3 * 2  # one pass for the nine missing configs
-    second = values(read_csv(tmp_path))
+    second = values(read_results_csv(tmp_path))
     assert len(second) == len(ALL_CONFIGS) * (2 + 1) and first.items() <= second.items()
     before = (tmp_path / "results.csv").read_bytes()
     forwards.images.clear()
 
-    assert run(["--net", "alex", "--method", "all", "--channel-norm", "both", *sets], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", "--method", "all", "--channel-norm", "both", *sets], bapps, tmp_path) == 0
     assert forwards.images == {}  # not even built
     assert (tmp_path / "results.csv").read_bytes() == before
 
@@ -259,13 +138,13 @@ def test_rerun_computes_only_what_is_missing_and_overwrite_recomputes(torch_home
                                        "alex,1-4-7-9-11,baseline,spatial,true,imagenet,0,jnd,traditional,map,9")
     assert tampered != before.decode()
     (tmp_path / "results.csv").write_text(tampered)
-    assert run(["--net", "alex", "--overwrite", *sets], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", "--overwrite", *sets], bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == 3 * 3 + 3 * 2
-    assert values(read_csv(tmp_path)) == second
+    assert values(read_results_csv(tmp_path)) == second
 
 
 def test_interrupted_run_keeps_finished_sets_and_resumes(torch_home, bapps, tmp_path, monkeypatch, capsys):
-    real_evaluate, calls = experiment.evaluate, []
+    real_evaluate, calls = evaluation.evaluate, []
 
     def interrupted_on_third_set(*args, **kwargs):
         calls.append(kwargs["desc"])
@@ -273,17 +152,17 @@ def test_interrupted_run_keeps_finished_sets_and_resumes(torch_home, bapps, tmp_
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "evaluate", interrupted_on_third_set)
-    assert run(["--net", "alex", *LIMIT], bapps, tmp_path) == 130
+    monkeypatch.setattr(evaluation, "evaluate", interrupted_on_third_set)
+    assert run_experiment(["--net", "alex", *LIMIT], bapps, tmp_path) == 130
     assert "rerun the same command" in capsys.readouterr().err
-    assert {r["subsplit"] for r in read_csv(tmp_path)} == {"traditional", "cnn"}
+    assert {r["subsplit"] for r in read_results_csv(tmp_path)} == {"traditional", "cnn"}
     assert os.listdir(tmp_path) == ["results.csv"]  # no temporary file left, no table yet
 
-    assert run(["--net", "alex", *LIMIT], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", *LIMIT], bapps, tmp_path) == 0
     assert calls[3:] == ["alex 2afc/superres", "alex 2afc/deblur", "alex 2afc/color", "alex 2afc/frameinterp",
                          "alex jnd/traditional", "alex jnd/cnn"]  # only what was missing
-    rows = read_csv(tmp_path)
-    assert len(rows) == 6 * 2 + 2 and len({experiment.result_key(r) + (r["measure"],) for r in rows}) == len(rows)
+    rows = read_results_csv(tmp_path)
+    assert len(rows) == 6 * 2 + 2 and len({result_key(r) + (r["measure"],) for r in rows}) == len(rows)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -306,7 +185,7 @@ def test_impossible_flags_are_usage_errors(args, message, capsys):
 
 def test_weights_that_do_not_fit_the_method_fail_before_any_result(torch_home, bapps, tmp_path, capsys):
     args = ["--variant", "lin", "--lpips-weights", "official", "--method", "spatial+sort"]
-    assert run(args, bapps, tmp_path) == 1
+    assert run_experiment(args, bapps, tmp_path) == 1
     assert "sort_lin0.model.1.weight" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
 
@@ -314,14 +193,14 @@ def test_weights_that_do_not_fit_the_method_fail_before_any_result(torch_home, b
 def test_damaged_weights_files_are_one_line_errors(torch_home, bapps, tmp_path, monkeypatch, capsys):
     linear = tmp_path / "lin.pth"
     linear.write_bytes(b"")
-    assert run(["--variant", "lin", "--lpips-weights", str(linear)], bapps, tmp_path / "out") == 1
+    assert run_experiment(["--variant", "lin", "--lpips-weights", str(linear)], bapps, tmp_path / "out") == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: cannot read weights file {linear} (EOFError)") and err.count("\n") == 1
+    assert err.startswith(f"experiment.py: error: cannot read weights file {linear} (EOFError)") and err.count("\n") == 1
     backbone = tmp_path / "home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     backbone.parent.mkdir(parents=True)
     backbone.write_bytes(open(torch_home["alex"], "rb").read()[:1000])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    assert run(["--splits", "jnd"], bapps, tmp_path / "out") == 1
+    assert run_experiment(["--splits", "jnd"], bapps, tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert str(backbone) in err and "delete it and download it again" in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "results.csv").exists()
@@ -335,25 +214,12 @@ def test_missing_dataset_without_download_names_the_fix(tmp_path, capsys):
 def test_trained_weights_file_gives_its_version(torch_home, bapps, tmp_path):
     path = tmp_path / "lin_alex" / "version_3" / "lin.pth"
     path.parent.mkdir(parents=True)
-    trained = experiment.DistanceMetric("alex", lin=True)
+    trained = DistanceMetric("alex", lin=True)
     trained.clamp_weights()  # as training leaves them: LPIPS weights are >= 0
     torch.save(trained.lpips_state_dict(), path)
     args = ["--variant", "lin", "--lpips-weights", str(path), "--splits", "jnd", "--limit", "4"]
-    assert run(args, bapps, tmp_path / "out") == 0
-    assert {(r["variant"], r["version"], r["n"]) for r in read_csv(tmp_path / "out")} == {("lin", "3", "4")}
-
-
-def table_row(config, version, values_by_set, weights="w.pth@00000000", limit="all"):
-    net, variant, method, norm = config
-    return [{"net": net, "layers": "1-2", "variant": variant, "method": method, "channel_norm": norm,
-             "normalize": "imagenet", "version": str(version), "dataset": dataset, "subsplit": subsplit,
-             "measure": measure, "value": repr(value), "n": "10", "limit": limit, "weights": weights}
-            for (dataset, subsplit, measure), value in values_by_set.items()]
-
-
-def table_cells(table):
-    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]
-            if line.startswith("|")]
+    assert run_experiment(args, bapps, tmp_path / "out") == 0
+    assert {(r["variant"], r["version"], r["n"]) for r in read_results_csv(tmp_path / "out")} == {("lin", "3", "4")}
 
 
 def test_table_aggregates_versions_and_marks_missing_cells():
@@ -393,5 +259,5 @@ def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
     assert "squeeze jnd/cnn" in done.stderr  # the progress bar
     table = (out / "results.md").read_text()
     assert table in done.stdout + "\n" and "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | squeezenet1_1-b8a52dc0.pth@" in table
-    assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_csv(out)} == {("jnd", "traditional", "5"),
+    assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_results_csv(out)} == {("jnd", "traditional", "5"),
                                                                              ("jnd", "cnn", "5")}

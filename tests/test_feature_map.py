@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import feature_map
-from experiment import METHODS, DistanceMetric
-from test_metric import lpips_reference
+from helpers import cli_error, lpips_reference
+from metric import METHODS, DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
@@ -84,8 +84,7 @@ def test_compare_writes_the_distance_map(torch_home, folder, tmp_path, capsys):
 def test_compare_needs_equal_sizes(torch_home, folder, tmp_path):
     other = save_texture(tmp_path / "small.png", 9, size=40)
     args = ["--path", str(folder / "y/dots.png"), "--out", str(tmp_path / "maps"), "--compare", str(other)]
-    with pytest.raises(SystemExit, match=r"\(40, 40\).*--size"):
-        feature_map.main(args)
+    cli_error(feature_map.main, args, r"\(40, 40\).*--size")
     assert not (tmp_path / "maps").exists()
     feature_map.main(args + ["--size", "40", "--max-channels", "1"])
 
@@ -107,9 +106,8 @@ def test_equal_file_names_in_different_folders_do_not_overwrite_each_other(torch
 
 def test_second_image_is_checked_before_anything_is_written(torch_home, folder, tmp_path):
     out = tmp_path / "maps"
-    with pytest.raises(SystemExit, match=r"^feature_map.py: error: cannot read image .*missing.png"):
-        feature_map.main(["--path", str(folder / "y/dots.png"), "--out", str(out),
-                          "--compare", str(tmp_path / "missing.png")])
+    cli_error(feature_map.main, ["--path", folder / "y/dots.png", "--out", out, "--compare", tmp_path / "missing.png"],
+              r"^feature_map.py: error: cannot read image .*missing.png")
     assert not out.exists()
 
 
@@ -129,18 +127,18 @@ def test_unwritable_out_and_damaged_weights_are_one_line_errors(torch_home, fold
     monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))
     (tmp_path / "a_file").write_text("")
     args = ["--path", str(folder / "y/dots.png")]
-    with pytest.raises(SystemExit, match=r"^feature_map.py: error: --out .*a_file is a file, not a folder"):
-        feature_map.main(args + ["--out", str(tmp_path / "a_file" / "maps")])
+    cli_error(feature_map.main, args + ["--out", tmp_path / "a_file" / "maps"],
+              r"^feature_map.py: error: --out .*a_file is a file, not a folder")
     weights = tmp_path / "weights" / "alexnet-owt-7be5be79.pth"
     weights.parent.mkdir()
     weights.write_bytes(open(torch_home["alex"], "rb").read()[:2000])
-    with pytest.raises(SystemExit, match=rf"^feature_map.py: error: cannot read weights file {weights} .*again"):
-        feature_map.main(args + ["--out", str(tmp_path / "maps"), "--weights-dir", str(weights.parent)])
+    cli_error(feature_map.main, args + ["--out", tmp_path / "maps", "--weights-dir", weights.parent],
+              rf"^feature_map.py: error: cannot read weights file {weights} .*again")
     # FeatureExtractor's refusal of an image smaller than the network takes is a ValueError
     monkeypatch.setattr(DistanceMetric, "features", lambda *a: (_ for _ in ()).throw(
         ValueError("images of 8x8 pixels are smaller than alex takes: at least 31x31")))
-    with pytest.raises(SystemExit, match=r"^feature_map.py: error: images of 8x8 pixels .* at least 31x31$"):
-        feature_map.main(args + ["--out", str(tmp_path / "maps"), "--size", "8"])
+    cli_error(feature_map.main, args + ["--out", tmp_path / "maps", "--size", "8"],
+              r"^feature_map.py: error: images of 8x8 pixels .* at least 31x31$")
     assert not (tmp_path / "maps").exists()
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiment import DistanceMetric
-from test_metric import assert_close, images, lpips_reference
+from helpers import assert_close, images, lpips_reference
+from metric import DistanceMetric
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

@@ -1,70 +1,10 @@
 """DistanceMetric against an independent plain-torch reference and against the lpips package."""
-import lpips
 import pytest
 import torch
-import torchvision
 
-from experiment import ALL_CONFIGS, METHODS, DistanceMetric
+from helpers import LPIPS_LAYERS, NETS, assert_close, images, lpips_reference, reference_distance, reference_features
 from loss_networks import FeatureExtractor, WeightsUnavailableError
-
-NETS = ("alex", "squeeze", "vgg")
-LPIPS_LAYERS = {"alex": [1, 4, 7, 9, 11], "squeeze": [1, 4, 7, 9, 10, 11, 12], "vgg": [3, 8, 15, 22, 29]}
-CONSTRUCTORS = {"alex": torchvision.models.alexnet, "squeeze": torchvision.models.squeezenet1_1,
-                "vgg": torchvision.models.vgg16}
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-
-
-def images(seed, n=2, size=48):
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def reference_features(net, path, x):
-    """Activations at the LPIPS layers, computed in float64 with the model's own modules."""
-    model = CONSTRUCTORS[net](weights=None)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in IMAGENET)
-    h, out = (x.double() - mean) / std, []
-    with torch.no_grad():
-        for i, module in enumerate(model.double().features[: LPIPS_LAYERS[net][-1] + 1]):
-            h = module(h)
-            if i in LPIPS_LAYERS[net]:
-                out.append(h.clone())
-    return out
-
-
-def reference_distance(f0, f1, method, channel_norm):
-    """The DESIGN.md definition, written out directly: view, normalise, squared difference."""
-    def view(f, part):
-        n, c, h, w = f.shape
-        if part == "sort":
-            f = torch.sort(f.reshape(n, c, h * w), dim=2)[0].reshape(n, c, h, w)
-        if part == "mean":
-            f = f.mean(dim=(2, 3), keepdim=True).expand(n, c, h, w)
-        if channel_norm:
-            f = f / (torch.sqrt((f ** 2).sum(dim=1, keepdim=True)) + 1e-10)
-        return f
-
-    total = 0
-    for a, b in zip(f0, f1):
-        for part in method.split("+"):
-            total = total + ((view(a, part) - view(b, part)) ** 2).sum(dim=1).mean(dim=(1, 2))
-    return total
-
-
-def assert_close(ours, ref, rtol=1e-5):
-    ours, ref = ours.double(), ref.double()
-    rel = ((ours - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
-    assert rel <= rtol, f"relative difference {rel:.3g} > {rtol}: {ours} vs {ref}"
-
-
-def lpips_reference(net, path, **kwargs):
-    """lpips.LPIPS with random backbone, then our backbone weights copied into its slices."""
-    model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False, **kwargs)
-    weights = torch.load(path, weights_only=True)
-    for name, param in model.net.named_parameters():
-        _, index, kind = name.split(".", 2)
-        param.data.copy_(weights[f"features.{index}.{kind}"])
-    return model
+from metric import ALL_CONFIGS, METHODS, DistanceMetric
 
 
 @pytest.mark.parametrize("net", NETS)

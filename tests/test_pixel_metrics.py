@@ -16,12 +16,11 @@ import torch
 from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 
-from bapps_fake import make_bapps
 from experiment import main
+from helpers import expected_scores, read_results_csv, run_experiment
 import pixel_metrics
 from pixel_metrics import (COLORSPACES, LAB_MARGIN, PIXEL_METRICS, PixelMetric, compare_ssim, rgb8_to_lab, rgb_ssim,
                            rgb_ssim_stats, ssim, ssim_stats, to_8bit, window_sums)
-from test_evaluation import expected_scores, read_csv, run
 
 LPIPS_MODELS = {"l2": lpips.L2, "ssim": lpips.DSSIM}
 
@@ -201,10 +200,10 @@ def test_bad_names_and_inputs_say_what_to_do():
 # ---------------------------------------------------------------- the BAPPS evaluation
 
 
-@pytest.fixture(scope="module")
-def bapps(tmp_path_factory):
+@pytest.fixture
+def bapps(bapps_tree):
     """18 triplets (3 per 2AFC subsplit) and 12 pairs (6 per JND subsplit) of 64x64 patches."""
-    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=3, n_jnd=6, splits=("val", "jnd")))
+    return bapps_tree(n_2afc=3, n_jnd=6)
 
 
 def pixel_scores(rows, net, normalize):
@@ -216,9 +215,9 @@ def pixel_scores(rows, net, normalize):
 
 
 def test_cli_scores_equal_lpips_scoring_of_lpips_models(lpips_ssim, bapps, tmp_path):
-    assert run(["--net", "l2", "ssim"], bapps, tmp_path) == 0
-    assert run(["--net", "ssim", "l2", "--colorspace", "RGB"], bapps, tmp_path) == 0
-    rows = read_csv(tmp_path)
+    assert run_experiment(["--net", "l2", "ssim"], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "ssim", "l2", "--colorspace", "RGB"], bapps, tmp_path) == 0
+    rows = read_results_csv(tmp_path)
     assert len(rows) == 4 * (6 * 2 + 2)
     assert {(r["dataset"], r["n"]) for r in rows} == {("2afc", "3"), ("jnd", "6")}
     for net in PIXEL_METRICS:
@@ -234,7 +233,7 @@ def test_cli_scores_equal_lpips_scoring_of_lpips_models(lpips_ssim, bapps, tmp_p
 def test_pixel_rows_beside_a_network_come_first_and_are_not_recomputed(torch_home, bapps, tmp_path, monkeypatch,
                                                                        capsys):
     args = ["--subsplits", "traditional", "--limit", "2"]
-    assert run(["--net", "alex", "ssim", *args], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "alex", "ssim", *args], bapps, tmp_path) == 0
     table = (tmp_path / "results.md").read_text()
     nets = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
     assert nets == ["ssim", "alex"]
@@ -242,7 +241,7 @@ def test_pixel_rows_beside_a_network_come_first_and_are_not_recomputed(torch_hom
     before = (tmp_path / "results.csv").read_bytes()
 
     monkeypatch.setattr(PixelMetric, "features", lambda *_: pytest.fail("a finished pixel metric ran again"))
-    assert run(["--net", "ssim", *args], bapps, tmp_path) == 0
+    assert run_experiment(["--net", "ssim", *args], bapps, tmp_path) == 0
     assert "ssim: every requested result is already in" in capsys.readouterr().out
     assert (tmp_path / "results.csv").read_bytes() == before
 

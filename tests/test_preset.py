@@ -17,22 +17,20 @@ from PIL import Image
 
 import analysis
 import feature_map
-from bapps_fake import make_bapps
-from experiment import ALL_CONFIGS, DistanceMetric, main
+from experiment import main
+from helpers import (IMAGES_PER_NET, assert_scores_equal, expected_scores, make_folder, read_results_csv, read_rows,
+                     reference_distance, run_cli, run_experiment, table_cells, values)
 from loss_networks import PRESET, checkpoint_path
-from test_analysis import make_folder, read_rows
-from test_evaluation import (IMAGES_PER_NET, assert_scores_equal, expected_scores, forwards, read_csv, run,  # noqa: F401
-                             table_cells, values)
-from test_metric import reference_distance
+from metric import ALL_CONFIGS, DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
-@pytest.fixture(scope="module")
-def bapps(tmp_path_factory):
+@pytest.fixture
+def bapps(bapps_tree):
     """2 triplets per 2AFC subsplit, 4 pairs per JND subsplit, 64x64."""
-    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=2, n_jnd=4, splits=("val", "jnd")))
+    return bapps_tree(n_2afc=2, n_jnd=4)
 
 
 def plain_features(model, points, x):
@@ -49,9 +47,9 @@ def plain_features(model, points, x):
 
 def test_preset_paper_runs_whole_and_point_by_point(bapps, tmp_path):
     sets = ["--random-init", "--subsplits", "traditional", "--limit", "2", "--method", "spatial"]
-    assert run(["--preset", "paper", *sets], bapps, tmp_path) == 0
-    assert run(["--preset", "paper", "--per-layer", *sets], bapps, tmp_path) == 0
-    rows = read_csv(tmp_path)
+    assert run_experiment(["--preset", "paper", *sets], bapps, tmp_path) == 0
+    assert run_experiment(["--preset", "paper", "--per-layer", *sets], bapps, tmp_path) == 0
+    rows = read_results_csv(tmp_path)
     expected = {(net, "-".join(map(str, points))) for net, points in PRESET.items()}
     expected |= {(net, str(point)) for net, points in PRESET.items() for point in points}
     assert len(expected) == 14 * 5
@@ -65,13 +63,13 @@ def test_preset_paper_runs_whole_and_point_by_point(bapps, tmp_path):
     assert {(c[0], c[1]) for c in cells} == expected
 
 
-def test_per_layer_scores_each_point_from_one_pass(torch_home, bapps, tmp_path, forwards):  # noqa: F811
+def test_per_layer_scores_each_point_from_one_pass(torch_home, bapps, tmp_path, forwards):
     points = [1, 4, 11]
     args = ["--net", "alex", "--layers", *map(str, points), "--per-layer", "--method", "all", "--channel-norm", "both"]
-    assert run([*args, "--limit", "2"], bapps, tmp_path / "limited") == 0
+    assert run_experiment([*args, "--limit", "2"], bapps, tmp_path / "limited") == 0
     assert forwards.images["alex", "eval"] == IMAGES_PER_NET  # every point from one pass per image
-    assert run(args, bapps, tmp_path) == 0
-    rows = read_csv(tmp_path)
+    assert run_experiment(args, bapps, tmp_path) == 0
+    rows = read_results_csv(tmp_path)
     model = torchvision.models.alexnet(weights=None)
     model.load_state_dict(torch.load(torch_home["alex"], weights_only=True))
     for i, point in enumerate(points):
@@ -88,9 +86,9 @@ def test_per_layer_lin_takes_weights_for_one_point(torch_home, bapps, tmp_path, 
     weights = DistanceMetric("alex", lin=True, layers=[4]).lpips_state_dict()
     torch.save({key: value.abs() for key, value in weights.items()}, path)
     args = ["--net", "alex", "--layers", "4", "--variant", "lin", "--lpips-weights", str(path), "--splits", "jnd"]
-    assert run([*args, "--per-layer"], bapps, tmp_path / "per") == 0
-    assert run(args, bapps, tmp_path / "whole") == 0
-    per, whole = read_csv(tmp_path / "per"), read_csv(tmp_path / "whole")
+    assert run_experiment([*args, "--per-layer"], bapps, tmp_path / "per") == 0
+    assert run_experiment(args, bapps, tmp_path / "whole") == 0
+    per, whole = read_results_csv(tmp_path / "per"), read_results_csv(tmp_path / "whole")
     assert {r["layers"] for r in per} == {"4"} and values(per) == values(whole)
     with pytest.raises(SystemExit):
         main(["--net", "alex", "--per-layer", "--variant", "lin", "--lpips-weights", "official"])
@@ -163,16 +161,15 @@ def test_feature_map_takes_a_registry_net_and_points(squeezenet1_0, tmp_path, ca
 
 def test_too_small_images_are_an_error_naming_net_and_minimum(torch_home, tmp_path):
     folder = make_folder(tmp_path / "images")
-    with pytest.raises(SystemExit) as exit_info:
-        feature_map.main(["--path", str(folder / "a/tex.png"), "--network", "alex", "--size", "8",
-                          "--out", str(tmp_path / "maps")])
-    message = str(exit_info.value.code)
+    code, _, message = run_cli(feature_map.main, ["--path", folder / "a/tex.png", "--network", "alex", "--size", "8",
+                                                  "--out", tmp_path / "maps"])
+    assert code == 1
     assert "feature_map.py: error: images of 8x8 pixels are too small for alex" in message
     assert "at least" in message and not (tmp_path / "maps").exists()
 
 
-def test_per_layer_training_trains_each_point_on_its_own(torch_home, tmp_path):
-    bapps = str(make_bapps(tmp_path / "bapps", n_2afc=4, n_jnd=4, splits=("train", "jnd")))
+def test_per_layer_training_trains_each_point_on_its_own(torch_home, bapps_tree, tmp_path):
+    bapps = bapps_tree(n_2afc=4, n_jnd=4, parts=("train", "jnd"))
     assert main(["--net", "alex", "--layers", "4", "11", "--per-layer", "--train", "--variant", "lin",
                  "--data-root", bapps, "--no-download", "--out", str(tmp_path / "out"), "--num-workers", "0",
                  "--batch-size", "4", "--epochs", "1", "--logger", "csv", "--train-subsplits", "cnn",
@@ -182,4 +179,4 @@ def test_per_layer_training_trains_each_point_on_its_own(torch_home, tmp_path):
     for point in (4, 11):
         path = tmp_path / "out" / f"alex_{point}_lin_spatial_cn_imagenet" / "version_0" / "lin.pth"
         assert list(torch.load(path, weights_only=True)) == ["lin0.model.1.weight"]
-    assert {(r["layers"], r["variant"]) for r in read_csv(tmp_path / "out")} == {("4", "lin"), ("11", "lin")}
+    assert {(r["layers"], r["variant"]) for r in read_results_csv(tmp_path / "out")} == {("4", "lin"), ("11", "lin")}

@@ -5,16 +5,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import experiment
-from bapps_fake import make_bapps
-from experiment import results_table
-from test_evaluation import read_csv, run, table_cells, table_row
+from helpers import read_results_csv, run_experiment, table_cells, table_row
+from metric import DistanceMetric
+from results import RESULT_COLUMNS, results_table
 
 
-@pytest.fixture(scope="module")
-def bapps(tmp_path_factory):
+@pytest.fixture
+def bapps(bapps_tree):
     """JND only: 6 pairs per subsplit."""
-    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_jnd=6, splits=("jnd",)))
+    return bapps_tree(n_jnd=6, parts=("jnd",))
+
+
 
 
 def maps(rows):
@@ -22,9 +23,9 @@ def maps(rows):
 
 
 def test_a_limited_run_is_not_reused_by_a_full_one(torch_home, bapps, tmp_path):
-    assert run(["--splits", "jnd", "--limit", "2"], bapps, tmp_path) == 0
-    assert run(["--splits", "jnd"], bapps, tmp_path) == 0
-    rows = read_csv(tmp_path)
+    assert run_experiment(["--splits", "jnd", "--limit", "2"], bapps, tmp_path) == 0
+    assert run_experiment(["--splits", "jnd"], bapps, tmp_path) == 0
+    rows = read_results_csv(tmp_path)
     assert sorted((r["subsplit"], r["n"], r["limit"]) for r in rows) == [
         ("cnn", "2", "2"), ("cnn", "6", "all"), ("traditional", "2", "2"), ("traditional", "6", "all")]
     cells = {tuple(c[:8]): c for c in table_cells((tmp_path / "results.md").read_text())}
@@ -36,13 +37,13 @@ def test_a_limited_run_is_not_reused_by_a_full_one(torch_home, bapps, tmp_path):
 
 def test_other_linear_weights_are_computed_not_served_the_official_numbers(torch_home, bapps, tmp_path):
     lin = ["--variant", "lin", "--splits", "jnd"]
-    assert run([*lin, "--lpips-weights", "official"], bapps, tmp_path) == 0
-    other = experiment.DistanceMetric("alex", lin=True, lpips_weights="official").lpips_state_dict()
+    assert run_experiment([*lin, "--lpips-weights", "official"], bapps, tmp_path) == 0
+    other = DistanceMetric("alex", lin=True, lpips_weights="official").lpips_state_dict()
     torch.manual_seed(0)
     other = {key: weight * torch.rand_like(weight) for key, weight in other.items()}
     torch.save(other, tmp_path / "other.pth")
-    assert run([*lin, "--lpips-weights", str(tmp_path / "other.pth")], bapps, tmp_path) == 0
-    rows = read_csv(tmp_path)
+    assert run_experiment([*lin, "--lpips-weights", str(tmp_path / "other.pth")], bapps, tmp_path) == 0
+    rows = read_results_csv(tmp_path)
     weights = sorted({r["weights"] for r in rows})
     assert len(rows) == 4 and len(weights) == 2
     assert weights[0].endswith("lin=official:alex.pth@" + weights[0][-8:])
@@ -56,12 +57,12 @@ def test_a_changed_backbone_file_is_computed_anew(torch_home, bapps, tmp_path, m
     home = tmp_path / "home"
     shutil.copytree(torch_home["home"], home)
     monkeypatch.setenv("TORCH_HOME", str(home))
-    assert run(["--splits", "jnd"], bapps, tmp_path / "out") == 0
+    assert run_experiment(["--splits", "jnd"], bapps, tmp_path / "out") == 0
     file = home / "hub" / "checkpoints" / Path(torch_home["alex"]).name
     state = torch.load(file, weights_only=True)
     torch.save({key: value.flip(0) if value.dim() else value for key, value in state.items()}, file)
-    assert run(["--splits", "jnd"], bapps, tmp_path / "out") == 0
-    assert len({r["weights"] for r in read_csv(tmp_path / "out")}) == 2
+    assert run_experiment(["--splits", "jnd"], bapps, tmp_path / "out") == 0
+    assert len({r["weights"] for r in read_results_csv(tmp_path / "out")}) == 2
 
 
 OLD_FORMAT = ("net,variant,method,channel_norm,normalize,version,dataset,subsplit,measure,value,n\n"
@@ -70,9 +71,9 @@ OLD_FORMAT = ("net,variant,method,channel_norm,normalize,version,dataset,subspli
 
 def test_a_file_of_the_old_format_is_read_kept_and_rewritten(torch_home, bapps, tmp_path):
     (tmp_path / "results.csv").write_text(OLD_FORMAT)
-    assert run(["--splits", "jnd", "--subsplits", "cnn"], bapps, tmp_path) == 0
-    rows = read_csv(tmp_path)
-    assert list(rows[0]) == list(experiment.RESULT_COLUMNS)
+    assert run_experiment(["--splits", "jnd", "--subsplits", "cnn"], bapps, tmp_path) == 0
+    rows = read_results_csv(tmp_path)
+    assert list(rows[0]) == list(RESULT_COLUMNS)
     assert rows[0] == {"net": "alex", "layers": "1-4-7-9-11", "variant": "baseline", "method": "spatial",
                        "channel_norm": "true", "normalize": "imagenet", "version": "0", "dataset": "jnd",
                        "subsplit": "cnn", "measure": "map", "value": "0.25", "n": "6", "limit": "unknown",
@@ -90,14 +91,14 @@ def test_a_file_of_the_old_format_is_read_kept_and_rewritten(torch_home, bapps, 
     (lambda line: line.rsplit(",", 3)[0] + ",many," + ",".join(line.rsplit(",", 2)[1:]), "n 'many'"),
 ])
 def test_a_damaged_line_is_an_error_naming_file_and_line(torch_home, bapps, tmp_path, capsys, damage, problem):
-    assert run(["--splits", "jnd"], bapps, tmp_path) == 0
+    assert run_experiment(["--splits", "jnd"], bapps, tmp_path) == 0
     path = tmp_path / "results.csv"
     lines = path.read_text().splitlines()
     lines[2] = damage(lines[2])
     path.write_text("\n".join(lines) + "\n")
     before, table = path.read_bytes(), (tmp_path / "results.md").read_bytes()
     capsys.readouterr()
-    assert run(["--splits", "jnd", "--method", "sort"], bapps, tmp_path) == 1
+    assert run_experiment(["--splits", "jnd", "--method", "sort"], bapps, tmp_path) == 1
     err = capsys.readouterr().err
     assert f"{path}, line 3" in err and problem in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

@@ -1,7 +1,7 @@
 """LPIPS training: it learns (recovery of a hidden metric), follows the recipe, resumes, exports.
 
 All runs use random backbone weights (the torch_home fixture) and synthetic triplets judged
-by a hidden metric on the same backbone (tests/synthetic_2afc.py).
+by a hidden metric on the same backbone (tests/helpers.py).
 """
 import glob
 import os
@@ -15,11 +15,11 @@ import pytorch_lightning as pl
 import torch
 
 import experiment
-from bapps_fake import make_bapps
-from experiment import ALL_CONFIGS, PARTS, DistanceMetric, LPIPSTraining, RankingHead, main, score_2afc, train_version
-from synthetic_2afc import RECOVERY, Triplets, agreement, hidden_metric, judged_triplets
-from test_evaluation import read_csv, read_set, values
-from test_metric import assert_close, lpips_reference
+from experiment import main
+from helpers import (RECOVERY, Triplets, agreement, assert_close, hidden_metric, judged_triplets, lpips_reference,
+                     read_results_csv, read_set, values)
+from metric import ALL_CONFIGS, PARTS, DistanceMetric, score_2afc
+from training import LPIPSTraining, RankingHead, train_version
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"logger": None, "progress": False}
@@ -220,10 +220,12 @@ def test_wandb_without_account_runs_offline(tiny, tmp_path, monkeypatch, capsys)
     assert run_dir.startswith(str(out)) and glob.glob(os.path.join(run_dir, "*.wandb"))
 
 
-@pytest.fixture(scope="module")
-def bapps(tmp_path_factory):
+
+
+@pytest.fixture
+def bapps(bapps_tree):
     """A tiny BAPPS tree: 6 triplets per train and val subsplit, 4 pairs per JND subsplit, 64x64 (load size)."""
-    return str(make_bapps(tmp_path_factory.mktemp("bapps"), n_2afc=6, n_jnd=4))
+    return bapps_tree(n_2afc=6, n_jnd=4, parts=("train", "val", "jnd"))
 
 
 def train_cli(bapps, out, *extra):
@@ -234,7 +236,7 @@ def train_cli(bapps, out, *extra):
 
 def test_train_cli_evaluates_every_version_and_tabulates_mean_and_spread(torch_home, bapps, tmp_path, capsys):
     assert train_cli(bapps, tmp_path, "--repetitions", "2", "--splits", "val") == 0
-    rows = read_csv(tmp_path)
+    rows = read_results_csv(tmp_path)
     assert {(r["variant"], r["version"]) for r in rows} == {("lin", "0"), ("lin", "1")}
     assert len(rows) == 2 * 6 * 2  # versions x val subsplits x (score, accuracy)
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| alex | 1-4-7-9-11 | lin |"))
@@ -253,7 +255,7 @@ def test_train_cli_evaluates_every_version_and_tabulates_mean_and_spread(torch_h
     capsys.readouterr()
     assert train_cli(bapps, tmp_path, "--repetitions", "2", "--splits", "val") == 0
     assert capsys.readouterr().out.count("trained already") == 2
-    assert read_csv(tmp_path) == rows
+    assert read_results_csv(tmp_path) == rows
 
 
 def test_train_cli_with_two_methods_and_both_norms_trains_each(torch_home, bapps, tmp_path):
@@ -263,7 +265,7 @@ def test_train_cli_with_two_methods_and_both_norms_trains_each(torch_home, bapps
     folders = sorted(p.parent.parent.name for p in tmp_path.glob("*/version_0/lin.pth"))
     assert folders == ["alex_lin_mean_cn_imagenet", "alex_lin_mean_nocn_imagenet",
                        "alex_lin_spatial+sort_cn_imagenet", "alex_lin_spatial+sort_nocn_imagenet"]
-    assert {(r["method"], r["channel_norm"], r["n"]) for r in read_csv(tmp_path)} == {
+    assert {(r["method"], r["channel_norm"], r["n"]) for r in read_results_csv(tmp_path)} == {
         (m, n, "4") for m in ("mean", "spatial+sort") for n in ("true", "false")}
 
 
@@ -297,6 +299,6 @@ def test_ddp_on_two_cpu_processes_evaluates_and_reports_once(weights_home, bapps
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("| alex | 1-4-7-9-11 | lin | spatial | true | imagenet | all |") == 1
-    rows = read_csv(tmp_path)
+    rows = read_results_csv(tmp_path)
     assert sorted((r["subsplit"], r["version"]) for r in rows) == [("cnn", "0"), ("traditional", "0")]
     assert (tmp_path / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()

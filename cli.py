@@ -1,0 +1,243 @@
+"""What every command-line front door shares: flag types, metric builders, safe output files,
+and one way to report errors and exit.
+
+The front doors (`experiment.py`, `analysis.py`, `feature_map.py`, `distance.py`) build their
+metrics here, write their files here (`write_atomic`, `atomic_open`: complete or absent) and run
+their `main` through `run_main`, so that every problem a user can fix reaches them as one line,
+`<program>: error: <what was wrong and the fix>`, with exit status 1 (2 for a usage error, from
+argparse), and an interruption (Ctrl-C or SIGTERM) as one line with status 130.
+"""
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from loss_networks import FeatureExtractor, WeightsUnavailableError, canonical_net, checkpoint_path
+from metric import METHODS, PIXEL_METRICS, DistanceMetric, config_points
+
+CHANNEL_NORMS = {"on": (True,), "off": (False,), "both": (True, False)}
+# what a front door reports as one line: the user's to fix (files, flags, weights; BAPPS's DatasetError is an OSError)
+USER_ERRORS = (ValueError, OSError, WeightsUnavailableError)
+
+
+class UserError(ValueError):
+    """A problem with the paths, files or flags, for the user to fix; the message says how."""
+
+
+# ---------------------------------------------------------------- flag types
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def pick_device(name="auto"):
+    """torch.device for --device: auto is cuda when there is one, else cpu; ValueError for any other kind
+    (mps only where it is available) or a CUDA device this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    usage = "use auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: {usage}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here; "
+                         f"use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS (Apple GPU) is not available here; {usage}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: {device.type} devices are not supported; {usage}")
+    return device
+
+
+def device_arg(name):
+    """argparse type for --device: `pick_device`, its error turned into a usage error."""
+    try:
+        return pick_device(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--device ")) from None
+
+
+def network_name(name):
+    """argparse type: the canonical network name, or an error listing the valid ones."""
+    try:
+        return canonical_net(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def requested_configs(methods, channel_norm="on"):
+    """[(method, channel_norm)] for method names (or "all") and "on", "off" or "both"."""
+    methods = METHODS if "all" in methods else tuple(dict.fromkeys(methods))
+    return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, pretrained=True, seed=0,
+                  colorspace="Lab", layers=None):
+    """{config: DistanceMetric} for `configs`, all running one FeatureExtractor.
+
+    A configuration is (method, channel_norm), over `layers` (default: the net's), or
+    (method, channel_norm, points) for some of the extraction points (see
+    `metric.batch_distances`). A pixel metric (`l2`, `ssim`) is a `pixel_metrics.PixelMetric`
+    in `colorspace` instead. One baseline metric computes every configuration. `lin` needs a
+    metric per configuration for its linear weights (`lpips_weights`, loaded strictly into
+    each); they all run one backbone with every point, so each image still goes through it
+    once (their own copies, read from the memory-mapped weights file, are dropped). Random
+    backbones (`pretrained=False`) are drawn from `seed`, so a net's random weights do not
+    depend on what was built before.
+    """
+    if net in PIXEL_METRICS:
+        from pixel_metrics import PixelMetric  # scipy and scikit-image, only when asked for
+        return dict.fromkeys(configs, PixelMetric(net, colorspace))
+    points = sorted({p for config in configs for p in config_points(config) or ()}) or layers
+    if variant == "baseline":
+        return dict.fromkeys(configs, DistanceMetric(net, *configs[0][:2], normalize=normalize, layers=points,
+                                                     pretrained=seeded(pretrained, seed)))
+    if variant != "lin":
+        raise ValueError(f"variant {variant!r} trains the network: it needs --train")
+    metrics = {}
+    for config in configs:
+        metrics[config] = DistanceMetric(net, *config[:2], lin=True, normalize=normalize, lpips_weights=lpips_weights,
+                                         layers=config_points(config) or layers, pretrained=seeded(pretrained, seed))
+    shared = next(iter(metrics.values())).net
+    if points is not None and shared.layers != points:
+        shared = FeatureExtractor(net, layers=points, pretrained=seeded(pretrained, seed))
+    for metric in metrics.values():
+        metric.net = shared
+    return metrics
+
+
+def seeded(pretrained, seed):
+    """`pretrained`, having seeded torch's generator with `seed` when the backbone about to be built is random."""
+    if not pretrained:
+        torch.manual_seed(seed)
+    return pretrained
+
+
+def build_metric(net, weights_dir=None, device="cpu", layers=None):
+    """A baseline DistanceMetric for `net` at `layers` (default: the net's), with weights from
+    `weights_dir` or the torchvision cache."""
+    if weights_dir is None:
+        return DistanceMetric(net, layers=layers).to(device)
+    path = os.path.join(weights_dir, os.path.basename(checkpoint_path(net)))
+    if not os.path.isfile(path):
+        raise UserError(f"--weights-dir {weights_dir} has no {os.path.basename(path)} (the {net} weights): "
+                        f"place torchvision's file there, or drop --weights-dir to use $TORCH_HOME")
+    return DistanceMetric(net, weights=path, layers=layers).to(device)
+
+
+# ---------------------------------------------------------------- output files
+
+
+def check_writable(folder, outputs=()):
+    """Raise UserError unless files can be written in `folder` (created later if missing) under the names
+    `outputs`; checked before any computation, creating nothing."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    fix = "choose another folder with --out"
+    if not os.path.isdir(existing):
+        raise UserError(f"--out {folder}: {existing} is a file, not a folder; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"--out {folder}: cannot write in {existing} ({err.strerror}); {fix}") from None
+    taken = [name for name in outputs if os.path.isdir(os.path.join(folder, name))]
+    if taken:
+        raise UserError(f"--out {folder}: {os.path.join(folder, taken[0])} is a folder, where an output "
+                        f"file goes; move it away or {fix}")
+
+
+def write_atomic(path, data):
+    """Write `data` (str or bytes) to a temporary file beside `path`, then rename it over `path`.
+
+    An interrupted or failed write leaves the old file as it was and no temporary file.
+    """
+    with atomic_open(path) as file:
+        file.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb", **kwargs):
+    """`open` a temporary file beside `path` and rename it over `path` when the block ends without error.
+
+    An interrupted or failed block leaves the old file as it was and no temporary file,
+    so output written piece by piece is complete or absent.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **kwargs) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- errors and exit
+
+
+def one_line(err):
+    """An exception's message on one line."""
+    return " ".join(str(err).split("\n"))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a job scheduler's stop, `kill`) handled as Ctrl-C, so that it cleans up the same way."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    else:
+        yield
+
+
+def run_main(program, work, interrupted="interrupted"):
+    """Run `work()`, a front door's job, and return the exit status for `sys.exit`.
+
+    A problem the user can fix (`USER_ERRORS`) is one line on stderr, `<program>: error: ...`,
+    status 1; Ctrl-C or SIGTERM prints `<program>: <interrupted>`, status 130; a reader of
+    stdout that went away (`| head`) ends the run quietly.
+    """
+    try:
+        with sigterm_as_interrupt():
+            return work() or 0
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print(f"{program}: {interrupted}", file=sys.stderr)
+        return 130
+    except torch.cuda.OutOfMemoryError:
+        print(f"{program}: error: out of GPU memory: pass a smaller --batch-size", file=sys.stderr)
+        return 1
+    except USER_ERRORS as err:
+        print(f"{program}: error: {one_line(err)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,232 @@
+"""results.csv: the schema of the BAPPS results, reading, merging, saving, and the table.
+
+One row per measurement (`RESULT_COLUMNS`). A row is identified by every column but its
+measurement and value (`result_key`): the configuration, the examples and the weights it was
+computed with, so a result is reused only for the same work. A file written before a column
+existed is read with that column's meaning for old rows (`OLD_FILE_DEFAULTS`) and rewritten with
+it; a damaged line is an error naming the file and the line, and the file is left as it was.
+`results_table` lays the rows out as the LPIPS paper does (configurations x subsplits).
+"""
+import csv
+import hashlib
+import io
+import os
+import re
+import statistics
+from pathlib import Path
+
+from cli import write_atomic
+from dataset_collector import SUBSPLITS
+from loss_networks import DEFAULT_LAYERS, NETWORKS, fetch_pretrained, layers_text
+from metric import METHODS, NORMALIZATIONS, NOT_APPLICABLE, PIXEL_METRICS, VARIANTS, official_lpips_path
+
+RESULT_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize", "version",
+                  "dataset", "subsplit", "measure", "value", "n", "limit", "weights")
+KEY_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("measure", "value"))
+# what a results.csv written before a column existed means by it: rows that can never be reused
+# (the data and weights they were computed on are unknown), but are kept and shown
+OLD_FILE_DEFAULTS = {"layers": lambda row: layers_text(DEFAULT_LAYERS.get(row["net"], ())),
+                     "limit": lambda row: "unknown", "weights": lambda row: "unknown"}
+TABLE_KEY = ("net", "layers", "variant", "method", "channel_norm", "normalize", "limit", "weights")
+TABLE_ORDER = {"net": (*PIXEL_METRICS, *NETWORKS), "variant": VARIANTS, "method": METHODS,
+               "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
+TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
+              "a configuration with several trained versions shows mean ± standard deviation over them. "
+              "examples: all, or the first N of each set (--limit); weights: the backbone file and the linear "
+              "weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
+              f"where '{NOT_APPLICABLE}' marks what does not apply to them.")
+
+
+def results_path(out):
+    return Path(out) / "results.csv"
+
+
+_FILE_HASHES = {}
+
+
+def file_identity(path):
+    """`<file name>@<first 8 hex digits of its SHA-256>`: names weights by their content."""
+    stat = os.stat(path)
+    cache_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _FILE_HASHES:
+        with open(path, "rb") as file:
+            _FILE_HASHES[cache_key] = hashlib.file_digest(file, "sha256").hexdigest()[:8]
+    return f"{Path(path).name}@{_FILE_HASHES[cache_key]}"
+
+
+def lin_identity(path, lpips_weights):
+    """The linear weights' part of `weights`; a trained version is named by its training's folder."""
+    name = file_identity(path)
+    if lpips_weights == "official":
+        return "official:" + name
+    folder = Path(path).parent
+    return f"{folder.parent.name}/{folder.name}/{name}" if re.fullmatch(r"version_\d+", folder.name) else name
+
+
+def weights_identity(net, lpips_weights=None, pretrained=True, seed=0):
+    """What a result was computed with: the backbone weights file (or random init) and the linear weights.
+
+    Files are named by the start of their SHA-256, so a result is reused only for the same weights.
+    """
+    backbone = file_identity(fetch_pretrained(net)) if pretrained else f"random:seed{seed}"
+    if lpips_weights is None:
+        return backbone
+    path = official_lpips_path(net) if lpips_weights == "official" else lpips_weights
+    return f"{backbone} lin={lin_identity(path, lpips_weights)}"
+
+
+def run_columns(net, variant="baseline", normalize="imagenet", version=0, limit=None, weights=None):
+    """The columns every results row of one evaluation of `net` shares; `limit` is --limit (None: all),
+    `weights` the `weights_identity` of what it was computed with (a pixel metric has none)."""
+    limit = "all" if limit is None else str(limit)
+    if net in PIXEL_METRICS:  # no backbone: nothing trained, no variant or weights; normalize is the colour space
+        return {"net": net, "variant": NOT_APPLICABLE, "normalize": normalize.lower(), "version": "0",
+                "limit": limit, "weights": NOT_APPLICABLE}
+    return {"net": net, "variant": variant, "normalize": normalize, "version": str(version), "limit": limit,
+            "weights": weights}
+
+
+def config_row(run, config, dataset, subsplit, n):
+    """The key columns of a results row, as written in results.csv; config is (method, channel_norm, points),
+    or a pixel metric's PIXEL_CONFIG, which has no points."""
+    method, norm, *points = config
+    return {**run, "layers": layers_text(points[0]) if points else NOT_APPLICABLE, "method": method,
+            "channel_norm": {True: "true", False: "false"}.get(norm, norm), "dataset": dataset,
+            "subsplit": subsplit, "n": str(n)}
+
+
+def result_key(row):
+    """What identifies a computed configuration, its data and its weights: everything but measure and value."""
+    return tuple(row[column] for column in KEY_COLUMNS)
+
+
+def score_rows(run, dataset, subsplit, scores, n):
+    """results.csv rows for `evaluate`'s {config: {measure: value}} on one set of n examples."""
+    return [{**config_row(run, config, dataset, subsplit, n), "measure": measure, "value": repr(value)}
+            for config, measures in scores.items() for measure, value in measures.items()]
+
+
+def read_results(path):
+    """The rows of a results.csv (dicts of strings); [] when there is no file yet.
+
+    A file written before a column existed is read with that column's meaning for old
+    rows (`OLD_FILE_DEFAULTS`). A line that is cut, has extra fields or a value that is
+    not a number is an error naming the file and the line: such a file is never used.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        columns = tuple(reader.fieldnames or ())
+        required = [c for c in RESULT_COLUMNS if c not in OLD_FILE_DEFAULTS]
+        if not set(required) <= set(columns) <= set(RESULT_COLUMNS):
+            raise ValueError(f"{path} has the columns {','.join(columns)}, not {','.join(RESULT_COLUMNS)}: "
+                             f"it is not a results file of this program; move it away or choose another --out")
+        return [checked_row(row, path, reader.line_num, len(columns)) for row in reader]
+
+
+def checked_row(row, path, line, width):
+    """A row of `path` completed with OLD_FILE_DEFAULTS; ValueError naming the line if it is damaged."""
+    if None in row or None in row.values():
+        raise ValueError(f"{path}, line {line}: the line is cut or has extra fields (the header has {width}); "
+                         f"repair or delete that line, or choose another --out")
+    for column, kind in (("value", float), ("n", int)):
+        try:
+            kind(row[column])
+        except ValueError:
+            raise ValueError(f"{path}, line {line}: {column} {row[column]!r} is not a number; repair or delete "
+                             f"that line, or choose another --out") from None
+    for column, default in OLD_FILE_DEFAULTS.items():
+        if column not in row:
+            row[column] = default(row)
+    return row
+
+
+def save_results(path, rows):
+    """Merge `rows` into results.csv (a measurement already there is replaced), atomically.
+
+    A file in an older format is rewritten with every column.
+    """
+    merged = read_results(path)
+    index = {result_key(row) + (row["measure"],): i for i, row in enumerate(merged)}
+    for row in rows:
+        key = result_key(row) + (row["measure"],)
+        if key in index:
+            merged[index[key]] = row
+        else:
+            index[key] = len(merged)
+            merged.append(row)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(merged)
+    write_atomic(path, text.getvalue())
+
+
+def _cell(values):
+    present = [v for v in values if v is not None]
+    if not present:
+        return "–"
+    if len(present) == 1:
+        return f"{100 * present[0]:.1f}"
+    return f"{100 * statistics.fmean(present):.1f} ± {100 * statistics.stdev(present):.1f}"
+
+
+def _set_mean(run, dataset):
+    values = [value for (kind, _), value in run.items() if kind == dataset]
+    return statistics.fmean(values) if values else None
+
+
+def _table_order(config):
+    return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER.get(column, ()) else
+                  len(TABLE_ORDER.get(column, ())), _points_order(value) if column == "layers" else value)
+                 for column, value in zip(TABLE_KEY, config))
+
+
+def _points_order(layers):
+    # numerically: a net's rows 1, 1-4-7-11, 4, 7, 11 rather than 1, 1-4-7-11, 11, 4, 7
+    return tuple(int(point) for point in layers.split("-") if point.isdigit())
+
+
+def weights_group(weights):
+    """`weights` with a trained version's own file left out, so that a training's versions share a row."""
+    return re.sub(r"/version_\d+/\S*$", "/version_*", weights)
+
+
+def table_runs(rows):
+    """{table row key: [{(dataset, subsplit): value} per version]} of the scores and mAPs in `rows`.
+
+    Rows of different data (limit) or weights never share a table row; within a trained
+    family (`weights_group`), a version evaluated with several files shows the latest.
+    """
+    runs, latest = {}, {}
+    for row in rows:
+        if (row["dataset"], row["measure"]) in (("2afc", "score"), ("jnd", "map")):
+            config = tuple(weights_group(row[c]) if c == "weights" else row[c] for c in TABLE_KEY)
+            runs.setdefault(config, {}).setdefault((row["version"], row["weights"]), {})[
+                row["dataset"], row["subsplit"]] = float(row["value"])
+            latest.setdefault(config, {})[row["version"]] = row["weights"]
+    return {config: [runs[config][version, weights] for version, weights in latest[config].items()]
+            for config in runs}
+
+
+def results_table(rows):
+    """Markdown table, LPIPS-paper layout: a row per configuration, data and weights; the six 2AFC val
+    subsplits, their mean and the JND mAP (mean over the JND subsplits); versions as mean ± std."""
+    runs = table_runs(rows)
+    header = ["net", "layers", "variant", "method", "channel norm", "normalize", "examples", "weights", "versions",
+              *SUBSPLITS["val"], "2AFC mean", "JND mAP"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for config in sorted(runs, key=_table_order):
+        versions = runs[config]
+        columns = [[run.get(("2afc", subsplit)) for run in versions] for subsplit in SUBSPLITS["val"]]
+        columns += [[_set_mean(run, "2afc") for run in versions], [_set_mean(run, "jnd") for run in versions]]
+        lines.append("| " + " | ".join([*config, str(len(versions)), *map(_cell, columns)]) + " |")
+    return "\n".join(lines + ["", TABLE_NOTE]) + "\n"
+
+
+def report(out):
+    """Write OUT/results.md from OUT/results.csv and print it."""
+    table = results_table(read_results(results_path(out)))
+    write_atomic(Path(out) / "results.md", table)
+    print(table)
