@@ -33,7 +33,8 @@ outputs as they were):
 
 Backbone weights: torchvision's ImageNet weights from `$TORCH_HOME/hub/checkpoints`
 (downloaded when missing and online), or from `--weights-dir DIR` holding files with
-torchvision's names (`alexnet-owt-7be5be79.pth`, ...).
+torchvision's names (`alexnet-owt-7be5be79.pth`, ...), or random (`--random-init`, from
+`--seed`); every file the run needs is checked before anything is computed.
 """
 import argparse
 import csv
@@ -49,8 +50,8 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from cli import (CHANNEL_NORMS, UserError, build_metric, check_writable, device_arg, network_name, positive_int,
-                 requested_configs, run_main, write_atomic)
+from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg,
+                 network_name, positive_int, preflight, requested_configs, run_main, write_atomic)
 from image_io import image_files, load_image
 from loss_networks import LPIPS_NETS, check_layers, layers_text
 from metric import METHODS
@@ -265,15 +266,16 @@ def plot_summary(columns, table):
     return buffer.getvalue()
 
 
-def analyse(image_dir, nets, configs, size=None, device="cpu", weights_dir=None, batch_size=16, layers=None):
+def analyse(image_dir, nets, configs, size=None, device="cpu", backbones=Backbones(), batch_size=16, layers=None):
     """(rows, refs): result rows for every net, configuration and case of the manifest; `layers`, the
     extraction points of every net (default: each net's own)."""
     cases = read_manifest(image_dir)
     refs = find_refs(image_dir, cases)
+    preflight(nets, backbones)
     pairs = case_pairs(cases, refs)
     rows = []
     for net in nets:
-        metric = build_metric(net, weights_dir, device, layers)
+        metric = build_metric(net, backbones, device, layers)
         distances = pair_distances(metric, image_dir, pairs, configs, size, device, batch_size, desc=net)
         rows += case_rows(net, metric.net.layers, configs, cases, refs, distances)
     return rows, refs
@@ -329,8 +331,7 @@ def parse_args(argv=None):
                         help="images per backbone pass (default: 16; lower it if memory runs short)")
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--weights-dir", default=None,
-                        help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
+    add_weights_flags(parser)
     args = parser.parse_args(argv)
     try:
         for net in args.net:
@@ -345,7 +346,7 @@ def run(args):
     configs = requested_configs(args.method, args.channel_norm)
     check_writable(args.out, OUTPUTS)
     rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
-                         args.weights_dir, args.batch_size, args.layers)
+                         Backbones.from_flags(args), args.batch_size, args.layers)
     paths, markdown = write_outputs(args.out, rows, refs)
     print(markdown, end="")
     print("wrote " + ", ".join(paths))

@@ -1,11 +1,14 @@
-"""What every command-line front door shares: flag types, metric builders, safe output files,
-and one way to report errors and exit.
+"""What every command-line front door shares: flag types, the backbone-weights flags and their
+check, metric builders, safe output files, and one way to report errors and exit.
 
-The front doors (`experiment.py`, `analysis.py`, `feature_map.py`, `distance.py`) build their
-metrics here, write their files here (`write_atomic`, `atomic_open`: complete or absent) and run
-their `main` through `run_main`, so that every problem a user can fix reaches them as one line,
-`<program>: error: <what was wrong and the fix>`, with exit status 1 (2 for a usage error, from
-argparse), and an interruption (Ctrl-C or SIGTERM) as one line with status 130.
+The front doors (`experiment.py`, `analysis.py`, `feature_map.py`, `distance.py`) take the same
+`--weights-dir`, `--random-init` and `--seed` (`add_weights_flags`, `Backbones`), check every
+weights file a run needs before computing anything (`preflight`: all missing files in one
+message), build their metrics here, write their files here (`write_atomic`, `atomic_open`:
+complete or absent) and run their `main` through `run_main`, so that every problem a user can
+fix reaches them as one line, `<program>: error: <what was wrong and the fix>`, with exit status
+1 (2 for a usage error, from argparse), and an interruption (Ctrl-C or SIGTERM) as one line with
+status 130.
 """
 import argparse
 import contextlib
@@ -14,14 +17,22 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from loss_networks import FeatureExtractor, WeightsUnavailableError, canonical_net, checkpoint_path
-from metric import METHODS, PIXEL_METRICS, DistanceMetric, config_points
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
+from loss_networks import (NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net, checkpoint_path,
+                           fetch_pretrained)
+from metric import METHODS, OFFICIAL_VERSIONS, PIXEL_METRICS, DistanceMetric, config_points, official_lpips_path
 
 CHANNEL_NORMS = {"on": (True,), "off": (False,), "both": (True, False)}
+SEED_LIMIT = 2 ** 32  # numpy's generators take seeds below it
 # what a front door reports as one line: the user's to fix (files, flags, weights; BAPPS's DatasetError is an OSError)
 USER_ERRORS = (ValueError, OSError, WeightsUnavailableError)
 
@@ -86,10 +97,109 @@ def requested_configs(methods, channel_norm="on"):
     return [(method, norm) for method in methods for norm in CHANNEL_NORMS[channel_norm]]
 
 
+def seed_arg(text):
+    """argparse type for --seed: a whole number from 0 to 2**32 - 1 (what numpy's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_LIMIT - 1}, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- backbone weights
+
+
+def add_weights_flags(parser, seed_help="the seed of --random-init's weights"):
+    """--weights-dir, --random-init and --seed, the same in every front door."""
+    group = parser.add_argument_group("backbone weights", "torchvision's ImageNet weights, read from "
+                                      "$TORCH_HOME/hub/checkpoints (downloaded there when missing), unless:")
+    group.add_argument("--weights-dir", metavar="DIR",
+                       help="read the weights files from DIR instead, named as torchvision names them "
+                            "(alexnet-owt-7be5be79.pth, vgg16-397923af.pth, ...); nothing is downloaded")
+    group.add_argument("--random-init", action="store_true",
+                       help="randomly initialised backbones (torchvision's initialisation, drawn from --seed), the "
+                            "untrained control of DPS studies; outputs say weights random:seed<seed>")
+    group.add_argument("--seed", type=seed_arg, default=0, help=f"{seed_help} (default: %(default)s)")
+
+
+@dataclass(frozen=True)
+class Backbones:
+    """Where the backbones' weights come from: torchvision's cache (`folder` None), a folder of files with
+    torchvision's names (--weights-dir), or random initialisation drawn from `random_seed` (--random-init)."""
+    folder: str = None
+    random_seed: int = None
+
+    @classmethod
+    def from_flags(cls, args):
+        return cls(args.weights_dir, args.seed if args.random_init else None)
+
+    @property
+    def pretrained(self):
+        return self.random_seed is None
+
+    def file(self, net):
+        """The weights file of `net` (None for random weights)."""
+        if not self.pretrained:
+            return None
+        name = os.path.basename(checkpoint_path(net))
+        return os.path.join(self.folder, name) if self.folder is not None else checkpoint_path(net)
+
+    def metric_kwargs(self, net):
+        """DistanceMetric's `pretrained` and `weights` for `net`, its random generator seeded when random."""
+        if not self.pretrained:
+            torch.manual_seed(self.random_seed)  # a net's random weights do not depend on what was built before
+            return {"pretrained": False, "weights": None}
+        return {"pretrained": True, "weights": self.file(net) if self.folder is not None else None}
+
+
+def missing_weights(nets, backbones, lpips_weights=None):
+    """(backbone files, linear-weights files) that a run on `nets` needs and lacks, as readable lines.
+
+    An ImageNet file missing from torchvision's cache is downloaded there first when possible;
+    one missing from --weights-dir is never downloaded.
+    """
+    backbone, linear = [], []
+    for net in dict.fromkeys(net for net in nets if net not in PIXEL_METRICS and backbones.pretrained):
+        path = backbones.file(net)
+        if os.path.isfile(path):
+            continue
+        if backbones.folder is None:
+            try:
+                fetch_pretrained(net)
+                continue
+            except WeightsUnavailableError:
+                pass
+        backbone.append(f"{os.path.basename(path)} ({net}, {NETWORKS[canonical_net(net)][1].url})")
+    if lpips_weights in OFFICIAL_VERSIONS:
+        linear += [f"{official_lpips_path(net, lpips_weights)} (LPIPS's {lpips_weights} weights of {net}; "
+                   f"pip install lpips)" for net in nets
+                   if net not in PIXEL_METRICS and not os.path.isfile(official_lpips_path(net, lpips_weights))]
+    elif lpips_weights is not None and not os.path.isfile(lpips_weights):
+        linear.append(f"{lpips_weights} (--lpips-weights)")
+    return backbone, linear
+
+
+def preflight(nets, backbones, lpips_weights=None):
+    """Before any compute: raise WeightsUnavailableError naming every weights file the run lacks, where
+    each goes, and the flags that help (--weights-dir, --random-init)."""
+    backbone, linear = missing_weights(nets, backbones, lpips_weights)
+    problems = [f"no such linear-weights file {line}" for line in linear]
+    if backbone:
+        folder = backbones.folder or f"{os.path.dirname(checkpoint_path('alex'))} ($TORCH_HOME/hub/checkpoints)"
+        problems.insert(0, f"missing weights file{'s' * (len(backbone) > 1)} {', '.join(backbone)}: without "
+                           f"network, download {'them' if len(backbone) > 1 else 'it'} elsewhere and place "
+                           f"{'them' if len(backbone) > 1 else 'it'} in {folder}, or pass --weights-dir DIR (a "
+                           f"folder holding them) or --random-init (untrained backbones)")
+    if problems:
+        raise WeightsUnavailableError("; ".join(problems))
+
+
 # ---------------------------------------------------------------- metrics
 
 
-def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, pretrained=True, seed=0,
+def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=None, backbones=Backbones(),
                   colorspace="Lab", layers=None):
     """{config: DistanceMetric} for `configs`, all running one FeatureExtractor.
 
@@ -99,9 +209,7 @@ def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=Non
     in `colorspace` instead. One baseline metric computes every configuration. `lin` needs a
     metric per configuration for its linear weights (`lpips_weights`, loaded strictly into
     each); they all run one backbone with every point, so each image still goes through it
-    once (their own copies, read from the memory-mapped weights file, are dropped). Random
-    backbones (`pretrained=False`) are drawn from `seed`, so a net's random weights do not
-    depend on what was built before.
+    once (their own copies, read from the memory-mapped weights file, are dropped).
     """
     if net in PIXEL_METRICS:
         from pixel_metrics import PixelMetric  # scipy and scikit-image, only when asked for
@@ -109,38 +217,24 @@ def build_metrics(net, variant, configs, normalize="imagenet", lpips_weights=Non
     points = sorted({p for config in configs for p in config_points(config) or ()}) or layers
     if variant == "baseline":
         return dict.fromkeys(configs, DistanceMetric(net, *configs[0][:2], normalize=normalize, layers=points,
-                                                     pretrained=seeded(pretrained, seed)))
+                                                     **backbones.metric_kwargs(net)))
     if variant != "lin":
         raise ValueError(f"variant {variant!r} trains the network: it needs --train")
     metrics = {}
     for config in configs:
         metrics[config] = DistanceMetric(net, *config[:2], lin=True, normalize=normalize, lpips_weights=lpips_weights,
-                                         layers=config_points(config) or layers, pretrained=seeded(pretrained, seed))
+                                         layers=config_points(config) or layers, **backbones.metric_kwargs(net))
     shared = next(iter(metrics.values())).net
     if points is not None and shared.layers != points:
-        shared = FeatureExtractor(net, layers=points, pretrained=seeded(pretrained, seed))
+        shared = FeatureExtractor(net, layers=points, **backbones.metric_kwargs(net))
     for metric in metrics.values():
         metric.net = shared
     return metrics
 
 
-def seeded(pretrained, seed):
-    """`pretrained`, having seeded torch's generator with `seed` when the backbone about to be built is random."""
-    if not pretrained:
-        torch.manual_seed(seed)
-    return pretrained
-
-
-def build_metric(net, weights_dir=None, device="cpu", layers=None):
-    """A baseline DistanceMetric for `net` at `layers` (default: the net's), with weights from
-    `weights_dir` or the torchvision cache."""
-    if weights_dir is None:
-        return DistanceMetric(net, layers=layers).to(device)
-    path = os.path.join(weights_dir, os.path.basename(checkpoint_path(net)))
-    if not os.path.isfile(path):
-        raise UserError(f"--weights-dir {weights_dir} has no {os.path.basename(path)} (the {net} weights): "
-                        f"place torchvision's file there, or drop --weights-dir to use $TORCH_HOME")
-    return DistanceMetric(net, weights=path, layers=layers).to(device)
+def build_metric(net, backbones=Backbones(), device="cpu", layers=None):
+    """A baseline DistanceMetric for `net` at `layers` (default: the net's), its weights from `backbones`."""
+    return DistanceMetric(net, layers=layers, **backbones.metric_kwargs(net)).to(device)
 
 
 # ---------------------------------------------------------------- output files
@@ -193,6 +287,22 @@ def atomic_open(path, mode="wb", **kwargs):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Hold an exclusive advisory lock on `folder` (created if missing) while the block runs: another process
+    in `locked(folder)` waits. A no-op where the system has no flock (Windows)."""
+    os.makedirs(folder, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 # ---------------------------------------------------------------- errors and exit

@@ -39,6 +39,7 @@ and ``image_files`` the one folder listing of image files.
 """
 import argparse
 import gzip
+import hashlib
 import os
 import posixpath
 import re
@@ -384,6 +385,7 @@ class BAPPSSubsplit(Dataset):
         self.image_transform = image_transform
         self.load_size = load_size
         self.stems = self._matched_stems()
+        self._identities = {}
 
     def _matched_stems(self):
         suffixes = {key: ".png" for key in self.image_keys}
@@ -409,6 +411,18 @@ class BAPPSSubsplit(Dataset):
 
     def __len__(self):
         return len(self.stems)
+
+    def identity(self, count=None):
+        """What the first `count` examples (None: all) are, as the start of a SHA-256: each image file's name
+        and size and each judgement's bytes (a judgement file's size says nothing of its value)."""
+        if count not in self._identities:
+            digest = hashlib.sha256()
+            for stem in self.stems[:count]:
+                for key in self.image_keys:
+                    digest.update(f"{key}/{stem} {(self.folder / key / f'{stem}.png').stat().st_size}\n".encode())
+                digest.update((self.folder / self.judgement_key / f"{stem}.npy").read_bytes())
+            self._identities[count] = digest.hexdigest()[:8]
+        return self._identities[count]
 
     def __getitem__(self, index):
         stem = self.stems[index]
@@ -464,6 +478,13 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
                           image_transform=image_transform, load_size=load_size)
             for sub in names]
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+
+def tree_kind(root):
+    """`synthetic` for a tree that `write_synthetic` wrote (its README.txt says so), else `bapps`."""
+    readme = Path(root) / "README.txt"
+    first_line = SYNTHETIC_README.split("\n")[0]
+    return "synthetic" if readme.is_file() and readme.read_text(errors="replace").startswith(first_line) else "bapps"
 
 
 def _check_subsplits(folder, split, names):

@@ -42,8 +42,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cli import (CHANNEL_NORMS, UserError, atomic_open, build_metrics, device_arg, positive_int, requested_configs,
-                 run_main, write_atomic)
+from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, atomic_open, build_metrics, device_arg,
+                 positive_int, preflight, requested_configs, run_main, write_atomic)
 from image_io import IMAGE_EXTENSIONS, ImageLoadError, image_files, load_image
 from loss_networks import canonical_net
 from metric import ALL_CONFIGS, METHODS, NORMALIZATIONS, batch_distances, compare_views, metrics_views
@@ -215,7 +215,9 @@ def auto_workers(batches, device):
 
 def load_metrics(args, device):
     """{(method, channel_norm): DistanceMetric} for the flags, sharing one backbone, on `device`."""
-    metrics = build_metrics(args.net, args.variant, args.configs, args.normalize, args.lpips_weights,
+    backbones = Backbones.from_flags(args)
+    preflight([args.net], backbones, args.lpips_weights)
+    metrics = build_metrics(args.net, args.variant, args.configs, args.normalize, args.lpips_weights, backbones,
                             layers=args.layers)
     for metric in dict.fromkeys(metrics.values()):
         metric.to(device).eval()
@@ -486,6 +488,7 @@ def parse_args(argv=None):
                              "(default: %(default)s)")
     config.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: %(default)s)")
+    add_weights_flags(parser)
     files = parser.add_argument_group("files")
     files.add_argument("--size", type=positive_int, metavar="N", help="resize every image to N x N (default: as stored; "
                                                              "the two images of a pair must then have one size)")

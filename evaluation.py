@@ -5,11 +5,13 @@ configurations on one of them with each image through each backbone once (a 2AFC
 serves both of its comparisons); `evaluate_net` computes what a results file lacks for one
 network and saves it set by set, so an interrupted run keeps what it finished.
 """
+from typing import NamedTuple
+
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from dataset_collector import SUBSPLITS, dataset_collector
+from dataset_collector import SUBSPLITS, dataset_collector, tree_kind
 from metric import PIXEL_CONFIG, PIXEL_METRICS, batch_distances, score_2afc, score_jnd
 from results import config_row, read_results, result_key, save_results, score_rows
 
@@ -46,21 +48,32 @@ def evaluate(metrics, loader, dataset, device="cpu", desc=None):
     return {config: {"map": score_jnd(d, labels)} for config, (d,) in distances.items()}
 
 
+class BappsSet(NamedTuple):
+    """One BAPPS set to evaluate: `dataset` "2afc" or "jnd", its `subsplit`, the `data` (a Dataset) and the
+    `identity` of its examples (`<kind>:<hash>`, see `BAPPSSubsplit.identity`)."""
+    dataset: str
+    subsplit: str
+    data: Dataset
+    identity: str
+
+
 def bapps_sets(root="datasets/BAPPS", splits=tuple(BAPPS_SETS), subsplits=None, download=True, limit=None):
-    """[(dataset, subsplit, Dataset)] of the requested BAPPS sets, 2AFC before JND, subsplits in BAPPS order.
+    """[BappsSet] of the requested BAPPS sets, 2AFC before JND, subsplits in BAPPS order.
 
     `subsplits` (default all) applies to each split that has them; `limit` keeps the
-    first examples of each set.
+    first examples of each set (and its identity covers only those).
     """
-    sets = []
+    sets, kind = [], None
     for split in splits:
         dataset, bapps_split = BAPPS_SETS[split]
         for subsplit in SUBSPLITS[bapps_split]:
             if subsplits is None or subsplit in subsplits:
                 data = dataset_collector("BAPPS", bapps_split, subsplit, root=root, download=download)
+                kind = kind or tree_kind(root)
+                identity = f"{kind}:{data.identity(limit)}"
                 if limit is not None:
                     data = Subset(data, range(min(limit, len(data))))
-                sets.append((dataset, subsplit, data))
+                sets.append(BappsSet(dataset, subsplit, data, identity))
     return sets
 
 
@@ -80,18 +93,17 @@ def net_configs(net, configs, points, per_layer=False):
 
 
 def missing_work(results_file, run, configs, sets, overwrite=False):
-    """[(dataset, subsplit, data, configs missing there)] of `sets`: what `results_file` lacks for `run`.
+    """[(BappsSet, configs missing there)] of `sets`: what `results_file` lacks for `run`.
 
-    A configuration counts as done only when computed on the same data (`n`, `limit`) with the
-    same weights (`run`'s columns); `overwrite` counts nothing as done.
+    A configuration counts as done only when computed on the same examples (their number and
+    identity) with the same weights (`run`'s columns); `overwrite` counts nothing as done.
     """
     done = set() if overwrite else {result_key(row) for row in read_results(results_file)}
     todo = []
-    for dataset, subsplit, data in sets:
-        missing = [config for config in configs
-                   if result_key(config_row(run, config, dataset, subsplit, len(data))) not in done]
+    for bapps_set in sets:
+        missing = [config for config in configs if result_key(config_row(run, config, bapps_set)) not in done]
         if missing:
-            todo.append((dataset, subsplit, data, missing))
+            todo.append((bapps_set, missing))
     return todo
 
 
@@ -106,11 +118,11 @@ def evaluate_net(net, configs, sets, results_file, run, build, device="cpu", bat
     if not todo:
         print(f"{net}: every requested result is already in {results_file}; --overwrite recomputes them")
         return
-    metrics = build(list(dict.fromkeys(config for *_, missing in todo for config in missing)))
+    metrics = build(list(dict.fromkeys(config for _, missing in todo for config in missing)))
     for metric in metrics.values():
         metric.to(device).eval()
-    for dataset, subsplit, data, missing in todo:
-        loader = make_loader(data, batch_size, num_workers, device)
-        scores = evaluate({config: metrics[config] for config in missing}, loader, dataset, device,
-                          desc=f"{net} {dataset}/{subsplit}")
-        save_results(results_file, score_rows(run, dataset, subsplit, scores, len(data)))
+    for bapps_set, missing in todo:
+        loader = make_loader(bapps_set.data, batch_size, num_workers, device)
+        scores = evaluate({config: metrics[config] for config in missing}, loader, bapps_set.dataset, device,
+                          desc=f"{net} {bapps_set.dataset}/{bapps_set.subsplit}")
+        save_results(results_file, score_rows(run, bapps_set, scores))

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from cli import CHANNEL_NORMS, build_metrics, pick_device, requested_configs, run_main
+from cli import (CHANNEL_NORMS, Backbones, add_weights_flags, build_metrics, pick_device, preflight, requested_configs,
+                 run_main)
 from dataset_collector import SUBSPLITS, retry_settings
 from evaluation import BAPPS_SETS, bapps_sets, evaluate_net, net_configs
 from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, PRESET, canonical_net, check_layers,
@@ -58,6 +59,17 @@ def build_parser():
         description="Score deep perceptual similarity metrics on the BAPPS validation sets (2AFC and JND). "
                     "Results go to OUT/results.csv (configurations already there are skipped) and the "
                     "table to OUT/results.md.")
+    add_network_flags(parser)
+    add_metric_flags(parser)
+    add_data_flags(parser)
+    add_weights_flags(parser, seed_help="the seed of --random-init's weights and of training (version k: "
+                                        "seed + k)")
+    add_training_flags(parser)
+    return parser
+
+
+def add_network_flags(parser):
+    """--net, --layers, --per-layer, --preset: which networks, at which extraction points."""
     parser.add_argument("--net", nargs="+", metavar="NET",
                         help="loss networks, loaded one at a time: alex, squeeze, vgg (aliases alexnet, squeezenet, "
                              "squeezenet1_1, vgg16) or any torchvision classifier of the registry under its "
@@ -82,10 +94,10 @@ def build_parser():
                         help="paper: the original repository's grid, 14 networks at four points each: "
                              + ", ".join(f"{net} {'-'.join(map(str, points))}" for net, points in PRESET.items())
                              + "; whole, or point by point with --per-layer; --net picks some of them")
-    parser.add_argument("--random-init", action="store_true",
-                        help="randomly initialised backbones (torchvision's init, drawn from --seed) instead of "
-                             "the ImageNet weights: the untrained-network control of DPS studies; their rows "
-                             "have weights random:seed<seed>")
+
+
+def add_metric_flags(parser):
+    """--method, --channel-norm, --variant, --normalize, --colorspace, --lpips-weights: how images are compared."""
     parser.add_argument("--method", nargs="+", default=["spatial"], choices=[*METHODS, "all"], metavar="METHOD",
                         help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
                              f"default: spatial")
@@ -107,6 +119,10 @@ def build_parser():
                         help="linear weights for --variant lin: 'official' (LPIPS v0.1, shipped with the lpips "
                              "package) or an LPIPS-format file; a file in a folder version_K gives its rows "
                              "version K")
+
+
+def add_data_flags(parser):
+    """The BAPPS data, the loading and the outputs."""
     parser.add_argument("--data-root", default="datasets/BAPPS", help="BAPPS folder (default: %(default)s)")
     parser.add_argument("--no-download", action="store_true",
                         help="fail instead of downloading BAPPS parts missing under --data-root")
@@ -125,9 +141,6 @@ def build_parser():
     parser.add_argument("--out", default="logs/perceptual_metric",
                         help="folder of results.csv and results.md (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="recompute configurations already in results.csv")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_training_flags(parser)
-    return parser
 
 
 def parse_args(argv=None):
@@ -291,14 +304,19 @@ def evaluate_flags(net, args, sets, device, configs, version=0, lpips_weights=No
     (default --lpips-weights) names the linear weights the rows are computed with.
     """
     lpips_weights = args.lpips_weights if lpips_weights is None else lpips_weights
-    pretrained = args.variant != "scratch" and not args.random_init
-    weights = None if net in PIXEL_METRICS else weights_identity(net, lpips_weights, pretrained, args.seed + version)
+    backbones = Backbones.from_flags(args)
+    if net in PIXEL_METRICS:
+        weights = None
+    elif args.variant == "scratch":  # trained from a random backbone, each version from its own seed
+        weights = weights_identity(net, None, lpips_weights, random_seed=args.seed + version)
+    else:
+        weights = weights_identity(net, backbones.file(net), lpips_weights, random_seed=args.seed)
     run = run_columns(net, args.variant, args.colorspace if net in PIXEL_METRICS else args.normalize, version,
                       args.limit, weights)
     if build is None:
         def build(needed):
-            return build_metrics(net, args.variant, needed, args.normalize, lpips_weights, pretrained=pretrained,
-                                 seed=args.seed, colorspace=args.colorspace)
+            return build_metrics(net, args.variant, needed, args.normalize, lpips_weights, backbones,
+                                 colorspace=args.colorspace)
     evaluate_net(net, configs, sets, results_path(args.out), run, build, device, args.batch_size, args.num_workers,
                  args.overwrite)
 
@@ -329,7 +347,7 @@ def train_one(training, net, args, sets, data, device, config, version):
                                     num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
                                     net=net, method=method, channel_norm=norm, variant=args.variant,
                                     normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init,
-                                    layers=named)
+                                    layers=named, weights=Backbones.from_flags(args).file(net) if args.weights_dir else None)
     if training.is_global_zero():
         folder = training.version_dir(args.out, version, net, args.variant, method, norm, args.normalize, named)
         evaluate_flags(net, args, sets, device, [config], version, lpips_weights=os.path.join(folder, "lin.pth"),
@@ -353,6 +371,8 @@ def run(args):
     device = pick_device(args.device)
     if args.train:
         import training  # Lightning, only when training
+    needs_backbone = not (args.train and args.variant == "scratch")
+    preflight(args.net if needs_backbone else [], Backbones.from_flags(args), args.lpips_weights)
     sets = bapps_sets(args.data_root, args.splits, args.subsplits, not args.no_download, args.limit)
     for net in args.net:
         if args.train:

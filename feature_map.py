@@ -45,7 +45,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cli import UserError, build_metric, check_writable, device_arg, network_name, positive_int, run_main, write_atomic
+from cli import (Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg, network_name,
+                 positive_int, preflight, run_main, write_atomic)
 from image_io import image_files, load_image
 from loss_networks import check_layers, point_names
 from metric import METHODS, PARTS, channel_normalize
@@ -197,8 +198,7 @@ def parse_args(argv=None):
                         help="channel normalisation for --compare (default: on)")
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda if available), cpu, cuda, ...")
-    parser.add_argument("--weights-dir", default=None,
-                        help="folder with torchvision's weight files (default: $TORCH_HOME/hub/checkpoints)")
+    add_weights_flags(parser)
     parser.add_argument("--show", action="store_true", help="open the pictures in the image viewer")
     args = parser.parse_args(argv)
     try:
@@ -211,14 +211,16 @@ def parse_args(argv=None):
 def draw(args):
     """Write the pictures the arguments ask for, once both images are loaded; returns their paths."""
     check_writable(args.out)
+    backbones = Backbones.from_flags(args)
+    preflight([args.network], backbones)
     path = args.path if args.path is not None else find_image(args.image_dir, args.image)
     x = load_image(path, args.size)[None].to(args.device)
     if args.compare is not None:
         x1 = load_image(args.compare, args.size)[None].to(args.device)
         if x1.shape != x.shape:
             raise UserError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
-                                f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
-    metric = build_metric(args.network, args.weights_dir, args.device, args.layers)
+                            f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
+    metric = build_metric(args.network, backbones, args.device, args.layers)
     paths = write_feature_maps(metric, x, picture_name(path, args.image_dir), args.out, args.max_channels)
     if args.compare is not None:
         paths.append(write_distance_map(metric, x, x1, (path, args.compare), args.out, args.method,

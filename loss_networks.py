@@ -152,8 +152,8 @@ def fetch_pretrained(net):
             f"could not download the {net} weights from {url} ({err}).\n"
             f"Without network, download that file elsewhere and place it at {path} "
             f"(folder: $TORCH_HOME/hub/checkpoints, here {os.path.dirname(path)}), "
-            f"or point to a folder of such files (--weights-dir of analysis.py and feature_map.py), "
-            f"or pass weights=PATH (a torchvision state dict) or pretrained=False (random weights)."
+            f"or point to a folder of such files (on the command line --weights-dir DIR; in Python "
+            f"weights=PATH, a torchvision state dict), or use random weights (--random-init; pretrained=False)."
         ) from None
     return path
 

@@ -136,13 +136,16 @@ class LinearLayer(nn.Module):
             return F.linear(dropout(diff).float().mean((2, 3)), conv.weight.flatten(1).float()).flatten()
 
 
-def official_lpips_path(net):
-    """The LPIPS v0.1 linear weights shipped inside the `lpips` package."""
+OFFICIAL_VERSIONS = {"official": "v0.1", "official-v0.0": "v0.0"}  # lpips_weights: the lpips package's folder
+
+
+def official_lpips_path(net, which="official"):
+    """The LPIPS linear weights shipped inside the `lpips` package: `which` "official" (v0.1) or "official-v0.0"."""
     try:
         root = resources.files("lpips")
     except ModuleNotFoundError:
-        raise FileNotFoundError("lpips_weights='official' needs the lpips package: pip install lpips") from None
-    return str(root / "weights" / "v0.1" / f"{net}.pth")
+        raise FileNotFoundError(f"lpips_weights={which!r} needs the lpips package: pip install lpips") from None
+    return str(root / "weights" / OFFICIAL_VERSIONS[which] / f"{net}.pth")
 
 
 def lpips_key(part_index, part, layer):

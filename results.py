@@ -15,25 +15,29 @@ import re
 import statistics
 from pathlib import Path
 
-from cli import write_atomic
+from cli import locked, write_atomic
 from dataset_collector import SUBSPLITS
-from loss_networks import DEFAULT_LAYERS, NETWORKS, fetch_pretrained, layers_text
-from metric import METHODS, NORMALIZATIONS, NOT_APPLICABLE, PIXEL_METRICS, VARIANTS, official_lpips_path
+from loss_networks import DEFAULT_LAYERS, NETWORKS, layers_text
+from metric import (METHODS, NORMALIZATIONS, NOT_APPLICABLE, OFFICIAL_VERSIONS, PIXEL_METRICS, VARIANTS,
+                    official_lpips_path)
 
 RESULT_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize", "version",
-                  "dataset", "subsplit", "measure", "value", "n", "limit", "weights")
-KEY_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("measure", "value"))
+                  "dataset", "subsplit", "measure", "value", "n", "limit", "weights", "ci_low", "ci_high", "data")
+MEASUREMENT = ("measure", "value", "ci_low", "ci_high")  # what a computation gives; the rest says what was computed
+KEY_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in MEASUREMENT)
 # what a results.csv written before a column existed means by it: rows that can never be reused
 # (the data and weights they were computed on are unknown), but are kept and shown
 OLD_FILE_DEFAULTS = {"layers": lambda row: layers_text(DEFAULT_LAYERS.get(row["net"], ())),
-                     "limit": lambda row: "unknown", "weights": lambda row: "unknown"}
-TABLE_KEY = ("net", "layers", "variant", "method", "channel_norm", "normalize", "limit", "weights")
+                     "limit": lambda row: "unknown", "weights": lambda row: "unknown",
+                     "ci_low": lambda row: "", "ci_high": lambda row: "", "data": lambda row: "unknown"}
+TABLE_KEY = ("net", "layers", "variant", "method", "channel_norm", "normalize", "limit", "data", "weights")
 TABLE_ORDER = {"net": (*PIXEL_METRICS, *NETWORKS), "variant": VARIANTS, "method": METHODS,
                "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
 TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
               "a configuration with several trained versions shows mean ± standard deviation over them. "
-              "examples: all, or the first N of each set (--limit); weights: the backbone file and the linear "
-              "weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
+              "examples: all, or the first N of each set (--limit); data: bapps, or synthetic for a tree written by "
+              "dataset_collector.py --synthetic (random, meaningless scores); weights: the backbone file and the "
+              "linear weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
               f"where '{NOT_APPLICABLE}' marks what does not apply to them.")
 
 
@@ -57,21 +61,22 @@ def file_identity(path):
 def lin_identity(path, lpips_weights):
     """The linear weights' part of `weights`; a trained version is named by its training's folder."""
     name = file_identity(path)
-    if lpips_weights == "official":
-        return "official:" + name
+    if lpips_weights in OFFICIAL_VERSIONS:
+        return f"{lpips_weights}:{name}"
     folder = Path(path).parent
     return f"{folder.parent.name}/{folder.name}/{name}" if re.fullmatch(r"version_\d+", folder.name) else name
 
 
-def weights_identity(net, lpips_weights=None, pretrained=True, seed=0):
-    """What a result was computed with: the backbone weights file (or random init) and the linear weights.
+def weights_identity(net, backbone_file=None, lpips_weights=None, random_seed=0):
+    """What a result was computed with: the backbone weights file (None: random, drawn from `random_seed`)
+    and the linear weights (a path, or "official" / "official-v0.0", the lpips package's).
 
     Files are named by the start of their SHA-256, so a result is reused only for the same weights.
     """
-    backbone = file_identity(fetch_pretrained(net)) if pretrained else f"random:seed{seed}"
+    backbone = file_identity(backbone_file) if backbone_file is not None else f"random:seed{random_seed}"
     if lpips_weights is None:
         return backbone
-    path = official_lpips_path(net) if lpips_weights == "official" else lpips_weights
+    path = official_lpips_path(net, lpips_weights) if lpips_weights in OFFICIAL_VERSIONS else lpips_weights
     return f"{backbone} lin={lin_identity(path, lpips_weights)}"
 
 
@@ -86,13 +91,13 @@ def run_columns(net, variant="baseline", normalize="imagenet", version=0, limit=
             "weights": weights}
 
 
-def config_row(run, config, dataset, subsplit, n):
+def config_row(run, config, bapps_set):
     """The key columns of a results row, as written in results.csv; config is (method, channel_norm, points),
-    or a pixel metric's PIXEL_CONFIG, which has no points."""
+    or a pixel metric's PIXEL_CONFIG, which has no points; `bapps_set` an `evaluation.BappsSet`."""
     method, norm, *points = config
     return {**run, "layers": layers_text(points[0]) if points else NOT_APPLICABLE, "method": method,
-            "channel_norm": {True: "true", False: "false"}.get(norm, norm), "dataset": dataset,
-            "subsplit": subsplit, "n": str(n)}
+            "channel_norm": {True: "true", False: "false"}.get(norm, norm), "dataset": bapps_set.dataset,
+            "subsplit": bapps_set.subsplit, "n": str(len(bapps_set.data)), "data": bapps_set.identity}
 
 
 def result_key(row):
@@ -100,10 +105,10 @@ def result_key(row):
     return tuple(row[column] for column in KEY_COLUMNS)
 
 
-def score_rows(run, dataset, subsplit, scores, n):
-    """results.csv rows for `evaluate`'s {config: {measure: value}} on one set of n examples."""
-    return [{**config_row(run, config, dataset, subsplit, n), "measure": measure, "value": repr(value)}
-            for config, measures in scores.items() for measure, value in measures.items()]
+def score_rows(run, bapps_set, scores):
+    """results.csv rows for `evaluate`'s {config: {measure: value}} on one set."""
+    return [{**config_row(run, config, bapps_set), "measure": measure, "value": repr(value), "ci_low": "",
+             "ci_high": ""} for config, measures in scores.items() for measure, value in measures.items()]
 
 
 def read_results(path):
@@ -130,7 +135,9 @@ def checked_row(row, path, line, width):
     if None in row or None in row.values():
         raise ValueError(f"{path}, line {line}: the line is cut or has extra fields (the header has {width}); "
                          f"repair or delete that line, or choose another --out")
-    for column, kind in (("value", float), ("n", int)):
+    for column, kind in (("value", float), ("n", int), ("ci_low", float), ("ci_high", float)):
+        if column.startswith("ci_") and row.get(column, "") == "":
+            continue  # no interval: rows of files from before intervals
         try:
             kind(row[column])
         except ValueError:
@@ -145,8 +152,15 @@ def checked_row(row, path, line, width):
 def save_results(path, rows):
     """Merge `rows` into results.csv (a measurement already there is replaced), atomically.
 
-    A file in an older format is rewritten with every column.
+    The file is read, merged and replaced under a lock of its folder, so several runs writing
+    into one folder at once keep every row of each. A file in an older format is rewritten with
+    every column.
     """
+    with locked(Path(path).parent):
+        merge_rows(path, rows)
+
+
+def merge_rows(path, rows):
     merged = read_results(path)
     index = {result_key(row) + (row["measure"],): i for i, row in enumerate(merged)}
     for row in rows:
@@ -193,6 +207,14 @@ def weights_group(weights):
     return re.sub(r"/version_\d+/\S*$", "/version_*", weights)
 
 
+def table_cell(row, column):
+    """What the table shows of `row`'s `column`: a training's versions share their weights' cell, and data
+    is shown by its kind (the identity of each set stays in results.csv)."""
+    if column == "weights":
+        return weights_group(row["weights"])
+    return row["data"].split(":")[0] if column == "data" else row[column]
+
+
 def table_runs(rows):
     """{table row key: [{(dataset, subsplit): value} per version]} of the scores and mAPs in `rows`.
 
@@ -202,7 +224,7 @@ def table_runs(rows):
     runs, latest = {}, {}
     for row in rows:
         if (row["dataset"], row["measure"]) in (("2afc", "score"), ("jnd", "map")):
-            config = tuple(weights_group(row[c]) if c == "weights" else row[c] for c in TABLE_KEY)
+            config = tuple(table_cell(row, column) for column in TABLE_KEY)
             runs.setdefault(config, {}).setdefault((row["version"], row["weights"]), {})[
                 row["dataset"], row["subsplit"]] = float(row["value"])
             latest.setdefault(config, {})[row["version"]] = row["weights"]
@@ -214,7 +236,8 @@ def results_table(rows):
     """Markdown table, LPIPS-paper layout: a row per configuration, data and weights; the six 2AFC val
     subsplits, their mean and the JND mAP (mean over the JND subsplits); versions as mean ± std."""
     runs = table_runs(rows)
-    header = ["net", "layers", "variant", "method", "channel norm", "normalize", "examples", "weights", "versions",
+    header = ["net", "layers", "variant", "method", "channel norm", "normalize", "examples", "data", "weights",
+              "versions",
               *SUBSPLITS["val"], "2AFC mean", "JND mAP"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config in sorted(runs, key=_table_order):

@@ -255,11 +255,13 @@ def values(rows, **match):
             for r in rows if all(r[k] == v for k, v in match.items())}
 
 
-def table_row(config, version, values_by_set, weights="w.pth@00000000", limit="all"):
+def table_row(config, version, values_by_set, weights="w.pth@00000000", limit="all", data="bapps:00000000"):
+    """results.csv rows of one configuration (net, variant, method, channel_norm) and version."""
     net, variant, method, norm = config
     return [{"net": net, "layers": "1-2", "variant": variant, "method": method, "channel_norm": norm,
              "normalize": "imagenet", "version": str(version), "dataset": dataset, "subsplit": subsplit,
-             "measure": measure, "value": repr(value), "n": "10", "limit": limit, "weights": weights}
+             "measure": measure, "value": repr(value), "n": "10", "limit": limit, "weights": weights,
+             "ci_low": "", "ci_high": "", "data": data}
             for (dataset, subsplit, measure), value in values_by_set.items()]
 
 

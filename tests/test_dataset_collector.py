@@ -169,7 +169,7 @@ def test_tree_on_disk_is_used_as_it_is_and_never_touched(source, server, tmp_pat
         assert len(data) == 2 and torch.equal(data[1]["p1"], _pixels(val / "cnn/p1/000001.png"))
         assert len(dataset_collector("BAPPS", "jnd/val", root=root, download=download)) == 6
     sets = bapps_sets(root, ["val"], ["color"], download=True)
-    assert [(d, s, len(x)) for d, s, x in sets] == [("2afc", "color", 2)]
+    assert [(d, s, len(x), i.split(":")[0]) for d, s, x, i in sets] == [("2afc", "color", 2, "synthetic")]
     assert server.state.requests == [] and _snapshot(root) == before
 
 

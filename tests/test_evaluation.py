@@ -206,7 +206,7 @@ def test_damaged_weights_files_are_one_line_errors(torch_home, bapps, tmp_path, 
     assert not (tmp_path / "out" / "results.csv").exists()
 
 
-def test_missing_dataset_without_download_names_the_fix(tmp_path, capsys):
+def test_missing_dataset_without_download_names_the_fix(torch_home, tmp_path, capsys):
     assert main(["--data-root", str(tmp_path / "none"), "--no-download", "--out", str(tmp_path)]) == 1
     assert "python dataset_collector.py" in capsys.readouterr().err
 
@@ -231,13 +231,13 @@ def test_table_aggregates_versions_and_marks_missing_cells():
             + table_row(("alex", "lin", "spatial", "true"), 2,
                         {("2afc", "traditional", "score"): 0.7, ("2afc", "color", "score"): 0.9}))
     table = results_table(rows)
-    assert table.splitlines()[0].split(" | ")[9:] == ["traditional", "cnn", "superres", "deblur", "color",
+    assert table.splitlines()[0].split(" | ")[10:] == ["traditional", "cnn", "superres", "deblur", "color",
                                                       "frameinterp", "2AFC mean", "JND mAP |"]
     cells = table_cells(table)
     spread = f"{100 * statistics.stdev([0.5, 0.7]):.1f}"
-    assert cells[0] == ["alex", "1-2", "lin", "spatial", "true", "imagenet", "all", "w.pth@00000000", "2",
+    assert cells[0] == ["alex", "1-2", "lin", "spatial", "true", "imagenet", "all", "bapps", "w.pth@00000000", "2",
                         f"60.0 ± {spread}", "–", "–", "–", f"80.0 ± {spread}", "–", f"70.0 ± {spread}", "–"]
-    assert cells[1] == ["vgg", "1-2", "baseline", "spatial", "true", "imagenet", "all", "w.pth@00000000", "1",
+    assert cells[1] == ["vgg", "1-2", "baseline", "spatial", "true", "imagenet", "all", "bapps", "w.pth@00000000", "1",
                         "–", "80.0", "–", "–", "–", "–", "80.0", "55.0"]
     assert len(cells) == 2
 
@@ -258,6 +258,6 @@ def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "squeeze jnd/cnn" in done.stderr  # the progress bar
     table = (out / "results.md").read_text()
-    assert table in done.stdout + "\n" and "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | squeezenet1_1-b8a52dc0.pth@" in table
+    assert table in done.stdout + "\n" and "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | synthetic | squeezenet1_1-b8a52dc0.pth@" in table
     assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_results_csv(out)} == {("jnd", "traditional", "5"),
                                                                              ("jnd", "cnn", "5")}

@@ -237,7 +237,7 @@ def test_pixel_rows_beside_a_network_come_first_and_are_not_recomputed(torch_hom
     table = (tmp_path / "results.md").read_text()
     nets = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
     assert nets == ["ssim", "alex"]
-    assert "| ssim | - | - | - | - | lab | 2 | - | 1 |" in table
+    assert "| ssim | - | - | - | - | lab | 2 | synthetic | - | 1 |" in table
     before = (tmp_path / "results.csv").read_bytes()
 
     monkeypatch.setattr(PixelMetric, "features", lambda *_: pytest.fail("a finished pixel metric ran again"))

@@ -1,21 +1,21 @@
 """results.csv never serves stale numbers: rows are reused only on the same data and weights."""
+import multiprocessing
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import read_results_csv, run_experiment, table_cells, table_row
 from metric import DistanceMetric
-from results import RESULT_COLUMNS, results_table
+from results import RESULT_COLUMNS, results_table, save_results
 
 
 @pytest.fixture
 def bapps(bapps_tree):
     """JND only: 6 pairs per subsplit."""
     return bapps_tree(n_jnd=6, parts=("jnd",))
-
-
 
 
 def maps(rows):
@@ -77,10 +77,10 @@ def test_a_file_of_the_old_format_is_read_kept_and_rewritten(torch_home, bapps, 
     assert rows[0] == {"net": "alex", "layers": "1-4-7-9-11", "variant": "baseline", "method": "spatial",
                        "channel_norm": "true", "normalize": "imagenet", "version": "0", "dataset": "jnd",
                        "subsplit": "cnn", "measure": "map", "value": "0.25", "n": "6", "limit": "unknown",
-                       "weights": "unknown"}
+                       "weights": "unknown", "ci_low": "", "ci_high": "", "data": "unknown"}
     assert len(rows) == 2 and rows[1]["weights"].startswith("alexnet-owt-7be5be79.pth@")
     cells = table_cells((tmp_path / "results.md").read_text())
-    assert [c[6:8] for c in cells] == [["all", rows[1]["weights"]], ["unknown", "unknown"]]
+    assert [c[6:9] for c in cells] == [["all", "synthetic", rows[1]["weights"]], ["unknown", "unknown", "unknown"]]
     assert cells[1][-1] == "25.0"
 
 
@@ -88,7 +88,7 @@ def test_a_file_of_the_old_format_is_read_kept_and_rewritten(torch_home, bapps, 
     (lambda line: line[: len(line) // 2], "cut or has extra fields"),
     (lambda line: line + ",extra", "cut or has extra fields"),
     (lambda line: line.replace(",map,", ",map,high"), "value 'high"),
-    (lambda line: line.rsplit(",", 3)[0] + ",many," + ",".join(line.rsplit(",", 2)[1:]), "n 'many'"),
+    (lambda line: ",".join(["many" if i == 11 else field for i, field in enumerate(line.split(","))]), "n 'many'"),
 ])
 def test_a_damaged_line_is_an_error_naming_file_and_line(torch_home, bapps, tmp_path, capsys, damage, problem):
     assert run_experiment(["--splits", "jnd"], bapps, tmp_path) == 0
@@ -113,8 +113,58 @@ def test_the_table_never_merges_other_weights_and_shows_a_retrained_version_once
             + table_row(("alex", "lin", "spatial", "true"), 0, {score: 0.1}, weights="b@1 lin=e/version_0/lin.pth@4")
             + table_row(("alex", "lin", "spatial", "true"), 1, {score: 0.3}, weights="b@1 lin=e/version_1/lin.pth@5")
             + table_row(("alex", "lin", "spatial", "true"), 0, {score: 0.5}, weights="b@1 lin=e/version_0/lin.pth@6"))
-    cells = {(c[6], c[7]): (c[8], c[10]) for c in table_cells(results_table(rows))}
+    cells = {(c[6], c[8]): (c[9], c[11]) for c in table_cells(results_table(rows))}
     assert cells == {("all", "b@1 lin=official:alex.pth@2"): ("1", "60.0"),
                      ("all", "b@1 lin=other.pth@3"): ("1", "70.0"),
                      ("5", "b@1"): ("1", "70.0"),
                      ("all", "b@1 lin=e/version_*"): ("2", "40.0 ± 14.1")}
+
+
+# ---------------------------------------------------------------- concurrent writers
+
+
+def save_many(path, writer, count):
+    """`count` saves of one row each, as a run saves after each set."""
+    for i in range(count):
+        save_results(path, table_row(("alex", "baseline", "spatial", "true"), 0, {("jnd", f"w{writer}s{i}", "map"): 0.5}))
+
+
+def test_concurrent_writers_keep_every_row(tmp_path):
+    """Four processes saving 15 rows each into one file keep all 60 (without the lock, about a third are lost)."""
+    path, writers, count = tmp_path / "results.csv", 4, 15
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=save_many, args=(path, w, count)) for w in range(writers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert all(process.exitcode == 0 for process in processes)
+    kept = [row["subsplit"] for row in read_results_csv(tmp_path)]
+    assert sorted(kept) == sorted(f"w{w}s{i}" for w in range(writers) for i in range(count))
+
+
+# ---------------------------------------------------------------- the identity of the data
+
+
+def changed_copy(tree, folder, stems=("000001",)):
+    """A copy of the BAPPS tree `tree` whose JND `same` judgements of `stems` are flipped: same counts, other data."""
+    shutil.copytree(tree, folder)
+    for subsplit in ("traditional", "cnn"):
+        for stem in stems:
+            path = Path(folder) / "jnd/val" / subsplit / "same" / f"{stem}.npy"
+            np.save(path, 1 - np.load(path))
+    return str(folder)
+
+
+def test_rows_are_reused_only_on_the_same_examples(torch_home, bapps, tmp_path, monkeypatch):
+    assert run_experiment(["--splits", "jnd"], bapps, tmp_path / "out") == 0
+    first = read_results_csv(tmp_path / "out")
+    other = changed_copy(bapps, tmp_path / "other")
+    assert run_experiment(["--splits", "jnd"], other, tmp_path / "out") == 0
+    rows = read_results_csv(tmp_path / "out")
+    assert len(rows) == 4 and len({r["data"] for r in rows}) == 4  # computed anew, not served the first tree's
+    assert {r["data"].split(":")[0] for r in rows} == {"synthetic"}
+    assert [r["value"] for r in rows[:2]] == [r["value"] for r in first]
+    monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("the same examples were computed again"))
+    assert run_experiment(["--splits", "jnd"], str(shutil.copytree(bapps, tmp_path / "copy")), tmp_path / "out") == 0
+    assert read_results_csv(tmp_path / "out") == rows  # a copy elsewhere is the same data: reused

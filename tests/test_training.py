@@ -240,7 +240,7 @@ def test_train_cli_evaluates_every_version_and_tabulates_mean_and_spread(torch_h
     assert {(r["variant"], r["version"]) for r in rows} == {("lin", "0"), ("lin", "1")}
     assert len(rows) == 2 * 6 * 2  # versions x val subsplits x (score, accuracy)
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| alex | 1-4-7-9-11 | lin |"))
-    assert "| spatial | true | imagenet | all | alexnet-owt-7be5be79.pth@" in line
+    assert "| spatial | true | imagenet | all | synthetic | alexnet-owt-7be5be79.pth@" in line
     assert " lin=alex_lin_spatial_cn_imagenet/version_* | 2 |" in line and "±" in line
     for version in (0, 1):
         path = tmp_path / "alex_lin_spatial_cn_imagenet" / f"version_{version}" / "lin.pth"
@@ -298,7 +298,7 @@ def test_ddp_on_two_cpu_processes_evaluates_and_reports_once(weights_home, bapps
                            "--batch-size", "6", "--num-workers", "0", "--splits", "jnd"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("| alex | 1-4-7-9-11 | lin | spatial | true | imagenet | all |") == 1
+    assert done.stdout.count("| alex | 1-4-7-9-11 | lin | spatial | true | imagenet | all | synthetic |") == 1
     rows = read_results_csv(tmp_path)
     assert sorted((r["subsplit"], r["version"]) for r in rows) == [("cnn", "0"), ("traditional", "0")]
     assert (tmp_path / "alex_lin_spatial_cn_imagenet" / "version_0" / "lin.pth").is_file()
