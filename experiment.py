@@ -29,7 +29,7 @@ import torch
 
 from cli import (CHANNEL_NORMS, Backbones, add_weights_flags, build_metrics, pick_device, preflight, requested_configs,
                  run_main)
-from dataset_collector import SUBSPLITS, retry_settings
+from bapps_archives import SUBSPLITS, retry_settings
 from evaluation import BAPPS_SETS, bapps_sets, evaluate_net, net_configs
 from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, PRESET, canonical_net, check_layers,
                            default_layers, layers_text, load_state_dict_file)

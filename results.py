@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from cli import locked, write_atomic
-from dataset_collector import SUBSPLITS
+from bapps_archives import SUBSPLITS
 from loss_networks import DEFAULT_LAYERS, NETWORKS, layers_text
 from metric import (METHODS, NORMALIZATIONS, NOT_APPLICABLE, OFFICIAL_VERSIONS, PIXEL_METRICS, VARIANTS,
                     official_lpips_path)

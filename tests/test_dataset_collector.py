@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import experiment
-from dataset_collector import ARCHIVES, SUBSPLITS, DatasetError, dataset_collector, fetch_part, main, write_synthetic
+from bapps_archives import ARCHIVES, SUBSPLITS, DatasetError, fetch_part
+from dataset_collector import dataset_collector, main, write_synthetic
 from evaluation import bapps_sets
 from image_io import ImageLoadError, load_image
 
