@@ -1,36 +1,34 @@
-"""The classic rows of the BAPPS table: LPIPS's L2 and DSSIM, for whole batches, with LPIPS's values.
+"""The classic rows of the BAPPS table: LPIPS's L2 and DSSIM for whole batches, with LPIPS's values.
 
-LPIPS (`lpips.L2`, `lpips.DSSIM` and the helpers of `lpips/__init__.py`) scores these one
-image pair at a time, and its SSIM calls `skimage.measure.compare_ssim`, which current
-scikit-image no longer has. This file computes the same numbers on whole batches with
-numpy, scipy and scikit-image's operations:
+LPIPS (`lpips.L2`, `lpips.DSSIM`, the helpers of `lpips/__init__.py`) scores one pair at a
+time, and its SSIM calls `skimage.measure.compare_ssim`, which current scikit-image lacks.
+This file computes the same numbers on whole batches with numpy, scipy and scikit-image's
+operations:
 
 - 8 bits: `tensor2im` of the [-1, 1] image 2x - 1, in float32, truncated;
-- Lab: scikit-image's `rgb2lab` of the 8-bit image, kept as float32 (LPIPS passes it
-  through a `torch.Tensor`): its float64 operations in its order, the sRGB curve looked
-  up for the 256 levels, so the same bits (checked over all 2^24 8-bit colours);
+- Lab: scikit-image's `rgb2lab` of the 8-bit image, as float32 (LPIPS keeps it in a
+  `torch.Tensor`): its float64 operations in its order, the sRGB curve looked up for the
+  256 levels; the same bits (checked over all 2^24 8-bit colours);
 - `l2`: Lab: half numpy's float32 mean of the squared difference of Lab / 100, in LPIPS's
   (H, W, 3) order; RGB: lpips.L2's torch means of the squared difference of the [-1, 1]
-  images, in their dtype (float64 images stay float64);
-- `ssim`: DSSIM = (1 - SSIM) / 2 with scikit-image's default SSIM (7x7 uniform window,
-  sample covariance, K1 0.01, K2 0.03, the mean of each channel's map cropped by 3
-  pixels, then over channels). Lab, range 100: scikit-image's float32 operations in its
-  order (scipy's uniform_filter), the same bits. RGB, range 255: from the exact integer
-  window sums of the 8-bit values, then in float64, which differs from scikit-image's
-  float64 by rounding only.
+  images, in their dtype (float64 stays float64);
+- `ssim`: DSSIM = (1 - SSIM) / 2, scikit-image's default SSIM (7x7 uniform window, sample
+  covariance, K1 0.01, K2 0.03, each channel's map cropped by 3 pixels and averaged, then
+  the channels). Lab, range 100: scikit-image's float32 operations in its order (scipy's
+  uniform_filter), the same bits. RGB, range 255: from exact integer window sums of the
+  8-bit values, then float64, which differs from scikit-image's float64 by rounding only.
 
-All of it runs on the CPU, as LPIPS's does. The numpy and scipy work of a batch runs in
-slices of a few images (small temporaries, which malloc reuses) on torch's number of
-threads (numpy and scipy release the GIL), in a thread pool that lives for one call.
+All on the CPU, as LPIPS's. The numpy and scipy work runs in slices of a few images (small
+temporaries, which malloc reuses) on torch's number of threads, in a thread pool that lives
+for one call; a batch's features stay a list of its slices' features.
 
 Images are float tensors in [0, 1], (N, 3, H, W), RGB, as everywhere in this project:
 
     PixelMetric("ssim", "Lab")(x0, x1)   # == lpips.DSSIM(colorspace="Lab") on 2x - 1, image by image
 
-The split into `features` (per image: colour conversion, SSIM's local statistics) and
-`distance` (per pair) lets a 2AFC reference serve both of its comparisons; `views` and
-`compare` are the interface of experiment.py's evaluation (as `DistanceMetric`'s), so
-`python experiment.py --net l2 ssim` scores these like any configuration.
+`features` (per image) and `distance` (per pair) let a 2AFC reference serve both of its
+comparisons; `views` and `compare` are experiment.py's evaluation interface (as
+`DistanceMetric`'s), so `python experiment.py --net l2 ssim` scores these like any configuration.
 """
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +46,9 @@ XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
                          [0.019334, 0.119193, 0.950227]])
 D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 LAB_RANGE, RGB_RANGE = 100.0, 255.0
+CHUNK_ELEMENTS = 1 << 16  # values per slice of a batch (`slices`): five 64x64 RGB images
 SSIM_WINDOW, SSIM_K1, SSIM_K2 = 7, 0.01, 0.03  # scikit-image's defaults, which LPIPS keeps
 WINDOW_PIXELS = SSIM_WINDOW ** 2
-CHUNK_ELEMENTS = 1 << 16  # values per slice of a batch (`in_slices`): five 64x64 RGB images
 COV_NORM = WINDOW_PIXELS / (WINDOW_PIXELS - 1)  # sample covariance
 # C1 n^2 and C2 n (n - 1) for range 255 and n = 49: the constants of SSIM's window-sum form (`rgb_ssim`)
 RGB_C1 = (SSIM_K1 * RGB_RANGE) ** 2 * WINDOW_PIXELS ** 2
@@ -66,25 +64,24 @@ def srgb_linear_table():
 SRGB_LINEAR = srgb_linear_table()
 
 
-def in_slices(function, *arrays):
-    """`function(*slices)` over slices of the arrays' first axis, concatenated; on torch's number of threads.
+def slices(x):
+    """x cut along its first axis into slices of about CHUNK_ELEMENTS values (an empty x: one empty slice).
 
-    Every operation is per image, so slicing changes no value. Slices of about
-    CHUNK_ELEMENTS values keep each temporary small enough for malloc to reuse freed
-    memory: a whole batch's are mapped afresh, a page fault per 4 KiB, which cost up to
-    twice the arithmetic and kept a second thread from helping. numpy and scipy release the GIL.
+    Every operation is per image, so slicing changes no value. Small temporaries are
+    reused from memory malloc keeps; a whole batch's are mapped afresh, a page fault per
+    4 KiB (measured: Lab of 50 64x64 images in one piece, 1.3 to 2 times the time of slices of 5).
     """
-    step = max(1, CHUNK_ELEMENTS // max(1, arrays[0][0].size)) if len(arrays[0]) else 1
-    slices = [[x[i:i + step] for x in arrays] for i in range(0, len(arrays[0]), step)] or [arrays]
-    workers = min(torch.get_num_threads(), len(slices))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda part: function(*part), slices))
-    else:
-        parts = [function(*part) for part in slices]
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(part) for part in zip(*parts))
-    return np.concatenate(parts)
+    step = max(1, CHUNK_ELEMENTS // max(1, x[0].size)) if len(x) else 1
+    return [x[i:i + step] for i in range(0, len(x), step)] or [x]
+
+
+def on_threads(function, *iterables):
+    """list(map(function, *iterables)) on torch's number of threads: numpy and scipy release the GIL."""
+    workers = min(torch.get_num_threads(), len(iterables[0]))
+    if workers <= 1:
+        return list(map(function, *iterables))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, *iterables))
 
 
 def to_8bit(x):
@@ -96,11 +93,9 @@ def to_8bit(x):
 
 
 def rgb8_to_lab(rgb8):
-    """scikit-image's rgb2lab of 8-bit images (N, 3, H, W), as float32 (N, 3, H, W) as LPIPS keeps it.
-
-    rgb2xyz and xyz2lab's operations on the same float64 values, in their (N, H, W, 3)
-    layout (the matrix product runs on the same rows), so the same bits.
-    """
+    """scikit-image's rgb2lab of 8-bit images (N, 3, H, W), as float32 (N, 3, H, W) as LPIPS keeps it: rgb2xyz
+    and xyz2lab's operations on the same float64 values in their (N, H, W, 3) layout (the matrix product
+    on the same rows), so the same bits."""
     xyz = SRGB_LINEAR[rgb8.transpose(0, 2, 3, 1)] @ XYZ_FROM_RGB.T
     xyz /= D65_WHITE
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
@@ -111,8 +106,8 @@ def rgb8_to_lab(rgb8):
 def window_mean(x):
     """SSIM's local means of (N, C, H, W): scipy's 7x7 uniform_filter of each plane, cropped by 3 pixels.
 
-    It is the filter structural_similarity runs (one axis, then the other, each pass
-    stored in the input's dtype), so the means are its means, bit for bit.
+    structural_similarity's filter (one axis, then the other, each pass stored in the
+    input's dtype), so its means, bit for bit.
     """
     pad = (SSIM_WINDOW - 1) // 2
     return np.ascontiguousarray(uniform_filter(x, size=(1, 1, SSIM_WINDOW, SSIM_WINDOW))[..., pad:-pad, pad:-pad])
@@ -176,11 +171,8 @@ def rgb_ssim(stats0, stats1):
 
 
 def compare_ssim(im1, im2, data_range=None, multichannel=False):
-    """The `skimage.measure.compare_ssim` that lpips.dssim calls, gone from scikit-image, by today's name.
-
-    Only for running LPIPS's own DSSIM as the reference (tests, bench.py): put it in
-    place as `skimage.measure.compare_ssim`.
-    """
+    """The `skimage.measure.compare_ssim` that lpips.dssim calls, gone from scikit-image, by today's name: put
+    it in place as `skimage.measure.compare_ssim` to run LPIPS's own DSSIM as the reference (tests, bench.py)."""
     from skimage.metrics import structural_similarity
     return structural_similarity(im1, im2, data_range=data_range, channel_axis=-1 if multichannel else None)
 
@@ -201,7 +193,11 @@ class PixelMetric(nn.Module):
         self.net, self.colorspace, self.normalize = net, colorspace, colorspace.lower()
 
     def features(self, x):
-        """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU)."""
+        """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU).
+
+        L2 in RGB: the [-1, 1] images as a tensor; otherwise a list of the features of
+        `slices` of the batch, which `distance` pairs with those of an equal-shape batch.
+        """
         check_images(x, "images")
         if self.net == "ssim" and min(x.shape[-2:]) < SSIM_WINDOW:
             raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than SSIM's "
@@ -209,9 +205,9 @@ class PixelMetric(nn.Module):
         x = x.detach().cpu()
         if self.net == "l2" and self.colorspace == "RGB":  # lpips.L2 takes 2x - 1 in torch, in its dtype
             return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).mul(2).sub_(1)
-        return in_slices(self.part_features, x.float().numpy())  # tensor2im's float32
+        return on_threads(self.slice_features, slices(x.float().numpy()))  # tensor2im's float32
 
-    def part_features(self, x):
+    def slice_features(self, x):
         """`features` of a slice of the batch (numpy float32)."""
         rgb8 = to_8bit(x)
         if self.colorspace == "RGB":
@@ -225,13 +221,15 @@ class PixelMetric(nn.Module):
         """Distance (N,) float32 between two images' `features`, rounded as LPIPS rounds it."""
         if self.net == "l2" and self.colorspace == "RGB":
             return (f0 - f1).square_().mean(1).mean(1).mean(1).float()  # lpips.L2's order of means
-        if self.net == "l2":  # numpy's float32 mean, in its pairwise order
-            d = in_slices(lambda a, b: 0.5 * np.square(a - b).reshape(len(a), math.prod(a.shape[1:])).mean(1), f0, f1)
-        elif self.colorspace == "Lab":
-            d = in_slices(lambda *stats: (1 - ssim(stats[:4], stats[4:], LAB_RANGE)) / 2, *f0, *f1)
-        else:
-            d = in_slices(lambda *stats: (1 - rgb_ssim(stats[:3], stats[3:])) / 2, *f0, *f1)
-        return torch.from_numpy(d.astype(np.float32))
+        return torch.from_numpy(np.concatenate(on_threads(self.slice_distance, f0, f1)).astype(np.float32))
+
+    def slice_distance(self, f0, f1):
+        """`distance` between the features of a slice of two batches: float64 (RGB SSIM) or LPIPS's float32."""
+        if self.net == "l2":  # numpy's float32 mean of LPIPS's (H, W, 3) array, in its pairwise order
+            return 0.5 * np.square(f0 - f1).reshape(len(f0), math.prod(f0.shape[1:])).mean(1)
+        if self.colorspace == "Lab":
+            return (1 - ssim(f0, f1, LAB_RANGE)) / 2
+        return (1 - rgb_ssim(f0, f1)) / 2
 
     def views(self, feats, configs):
         """The evaluation's per-image step (`experiment.batch_distances`): the features themselves."""

@@ -161,7 +161,7 @@ def test_a_batch_equals_its_images_one_by_one(name):
 
 @pytest.mark.parametrize("name, colorspace", [("l2", "Lab"), ("ssim", "Lab"), ("ssim", "RGB")])  # L2 RGB is torch's
 def test_slices_of_a_batch_change_no_value(monkeypatch, name, colorspace):
-    x0, x1 = pairs()  # 18 pairs of 32x32: slices of 4, 4, 4, 4 and 2 images on the threads
+    x0, x1 = pairs()  # 18 pairs of 32x32: 1 slice, then slices of 4, 4, 4, 4 and 2 images
     whole = PixelMetric(name, colorspace)(x0, x1)
     monkeypatch.setattr(pixel_metrics, "CHUNK_ELEMENTS", 4 * 3 * 32 * 32)
     assert torch.equal(PixelMetric(name, colorspace)(x0, x1), whole)
