@@ -65,13 +65,13 @@ SRGB_LINEAR = srgb_linear_table()
 
 
 def slices(x):
-    """x cut along its first axis into slices of about CHUNK_ELEMENTS values (an empty x: one empty slice).
+    """x (array or tensor) cut along its first axis into slices of about CHUNK_ELEMENTS values (empty x: one).
 
     Every operation is per image, so slicing changes no value. Small temporaries are
     reused from memory malloc keeps; a whole batch's are mapped afresh, a page fault per
     4 KiB (measured: Lab of 50 64x64 images in one piece, 1.3 to 2 times the time of slices of 5).
     """
-    step = max(1, CHUNK_ELEMENTS // max(1, x[0].size)) if len(x) else 1
+    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(x.shape[1:])))
     return [x[i:i + step] for i in range(0, len(x), step)] or [x]
 
 
@@ -193,18 +193,15 @@ class PixelMetric(nn.Module):
         self.net, self.colorspace, self.normalize = net, colorspace, colorspace.lower()
 
     def features(self, x):
-        """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU).
-
-        L2 in RGB: the [-1, 1] images as a tensor; otherwise a list of the features of
-        `slices` of the batch, which `distance` pairs with those of an equal-shape batch.
-        """
+        """What the comparisons need of images `x` in [0, 1], computed once per image (on the CPU): L2 in RGB,
+        the images; otherwise a list of the features of `slices` of the batch (pairs of equal-shape batches)."""
         check_images(x, "images")
         if self.net == "ssim" and min(x.shape[-2:]) < SSIM_WINDOW:
             raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than SSIM's "
                              f"{SSIM_WINDOW}x{SSIM_WINDOW} window: use images of at least that size")
         x = x.detach().cpu()
-        if self.net == "l2" and self.colorspace == "RGB":  # lpips.L2 takes 2x - 1 in torch, in its dtype
-            return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).mul(2).sub_(1)
+        if self.net == "l2" and self.colorspace == "RGB":  # the images, for lpips.L2's torch operations in their dtype
+            return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
         return on_threads(self.slice_features, slices(x.float().numpy()))  # tensor2im's float32
 
     def slice_features(self, x):
@@ -219,12 +216,14 @@ class PixelMetric(nn.Module):
 
     def distance(self, f0, f1):
         """Distance (N,) float32 between two images' `features`, rounded as LPIPS rounds it."""
-        if self.net == "l2" and self.colorspace == "RGB":
-            return (f0 - f1).square_().mean(1).mean(1).mean(1).float()  # lpips.L2's order of means
+        if self.net == "l2" and self.colorspace == "RGB":  # torch's own threads, on the calling thread's slices
+            return torch.cat([self.slice_distance(a, b) for a, b in zip(slices(f0), slices(f1))]).float()
         return torch.from_numpy(np.concatenate(on_threads(self.slice_distance, f0, f1)).astype(np.float32))
 
     def slice_distance(self, f0, f1):
-        """`distance` between the features of a slice of two batches: float64 (RGB SSIM) or LPIPS's float32."""
+        """`distance` between the features of a slice of two batches, in LPIPS's dtype (float64: RGB SSIM)."""
+        if self.net == "l2" and self.colorspace == "RGB":  # lpips.L2 of 2x - 1, its order of means
+            return (f0.mul(2).sub_(1) - f1.mul(2).sub_(1)).square_().mean(1).mean(1).mean(1)
         if self.net == "l2":  # numpy's float32 mean of LPIPS's (H, W, 3) array, in its pairwise order
             return 0.5 * np.square(f0 - f1).reshape(len(f0), math.prod(f0.shape[1:])).mean(1)
         if self.colorspace == "Lab":

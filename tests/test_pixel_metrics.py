@@ -159,7 +159,8 @@ def test_a_batch_equals_its_images_one_by_one(name):
     assert torch.equal(whole, torch.cat([metric(a[None], b[None]) for a, b in zip(x0, x1)]))
 
 
-@pytest.mark.parametrize("name, colorspace", [("l2", "Lab"), ("ssim", "Lab"), ("ssim", "RGB")])  # L2 RGB is torch's
+@pytest.mark.parametrize("colorspace", COLORSPACES)
+@pytest.mark.parametrize("name", PIXEL_METRICS)
 def test_slices_of_a_batch_change_no_value(monkeypatch, name, colorspace):
     x0, x1 = pairs()  # 18 pairs of 32x32: 1 slice, then slices of 4, 4, 4, 4 and 2 images
     whole = PixelMetric(name, colorspace)(x0, x1)
