@@ -18,9 +18,10 @@ operations:
   uniform_filter), the same bits. RGB, range 255: from exact integer window sums of the
   8-bit values, then float64, which differs from scikit-image's float64 by rounding only.
 
-All on the CPU, as LPIPS's. The numpy and scipy work runs in slices of a few images (small
-temporaries, which malloc reuses) on torch's number of threads, in a thread pool that lives
-for one call; a batch's features stay a list of its slices' features.
+All on the CPU, as LPIPS's, in slices of a few images, whose small temporaries malloc reuses:
+numpy and scipy's work on torch's number of threads (they release the GIL), in a thread pool
+that lives for one call; L2 RGB's torch operations on the calling thread. A batch's features
+are a list of its slices' features (L2 RGB's: the images).
 
 Images are float tensors in [0, 1], (N, 3, H, W), RGB, as everywhere in this project:
 
@@ -67,7 +68,7 @@ SRGB_LINEAR = srgb_linear_table()
 def slices(x):
     """x (array or tensor) cut along its first axis into slices of about CHUNK_ELEMENTS values (empty x: one).
 
-    Every operation is per image, so slicing changes no value. Small temporaries are
+    Every operation is per image, so slicing changes no value. Small temporaries are mostly
     reused from memory malloc keeps; a whole batch's are mapped afresh, a page fault per
     4 KiB (measured: Lab of 50 64x64 images in one piece, 1.3 to 2 times the time of slices of 5).
     """
@@ -86,9 +87,7 @@ def on_threads(function, *iterables):
 
 def to_8bit(x):
     """LPIPS's `tensor2im` of 2x - 1 (x float32 in [0, 1], numpy): ((2x - 1) + 1) * 127.5 in float32, truncated.
-
-    The clip changes nothing for [0, 1]; it keeps the cast defined for values the range check tolerates beyond.
-    """
+    The clip changes nothing in [0, 1]; it keeps the cast defined for values the range check tolerates beyond."""
     return np.clip((2 * x - 1 + 1) * 127.5, 0, 255).astype(np.uint8)
 
 
@@ -105,10 +104,7 @@ def rgb8_to_lab(rgb8):
 
 def window_mean(x):
     """SSIM's local means of (N, C, H, W): scipy's 7x7 uniform_filter of each plane, cropped by 3 pixels.
-
-    structural_similarity's filter (one axis, then the other, each pass stored in the
-    input's dtype), so its means, bit for bit.
-    """
+    structural_similarity's filter (one axis, then the other, each pass stored in x's dtype): its bits."""
     pad = (SSIM_WINDOW - 1) // 2
     return np.ascontiguousarray(uniform_filter(x, size=(1, 1, SSIM_WINDOW, SSIM_WINDOW))[..., pad:-pad, pad:-pad])
 
@@ -138,10 +134,8 @@ def ssim(stats0, stats1, data_range):
 
 
 def window_sums(v):
-    """The sum of every 7x7 window of each plane of an integer array (..., H, W): (..., H - 6, W - 6).
-
-    Seven shifted slices added along each axis, in v's integer dtype, so exact while the sums fit it.
-    """
+    """The sum of every 7x7 window of each plane of an integer array (..., H, W): (..., H - 6, W - 6), from
+    seven shifted slices along each axis, in v's integer dtype: exact while the sums fit it."""
     h, w = v.shape[-2:]
     rows = sum(v[..., i:h - SSIM_WINDOW + 1 + i, :] for i in range(SSIM_WINDOW))
     return sum(rows[..., j:w - SSIM_WINDOW + 1 + j] for j in range(SSIM_WINDOW))
@@ -179,10 +173,7 @@ def compare_ssim(im1, im2, data_range=None, multichannel=False):
 
 class PixelMetric(nn.Module):
     """L2 or DSSIM between image batches in [0, 1], LPIPS's definitions: `metric(x0, x1)` -> (N,) float32.
-
-    A measurement, not a loss: like LPIPS's, the values go through 8-bit images and
-    numpy, so no gradient flows back to the images.
-    """
+    A measurement, not a loss: like LPIPS's, the values go through 8-bit images and numpy, so no gradient."""
 
     def __init__(self, net="l2", colorspace="Lab"):
         super().__init__()
@@ -216,7 +207,7 @@ class PixelMetric(nn.Module):
 
     def distance(self, f0, f1):
         """Distance (N,) float32 between two images' `features`, rounded as LPIPS rounds it."""
-        if self.net == "l2" and self.colorspace == "RGB":  # torch's own threads, on the calling thread's slices
+        if self.net == "l2" and self.colorspace == "RGB":  # here: torch parallelises each op (slower on our pool)
             return torch.cat([self.slice_distance(a, b) for a, b in zip(slices(f0), slices(f1))]).float()
         return torch.from_numpy(np.concatenate(on_threads(self.slice_distance, f0, f1)).astype(np.float32))
 
