@@ -172,7 +172,14 @@ def lpips_key(part_index, part, layer):
 
 
 class DistanceMetric(nn.Module):
-    """Deep perceptual distance between image batches in [0, 1]: `metric(x0, x1)` -> (N,)."""
+    """Deep perceptual distance between image batches in [0, 1]: `metric(x0, x1)` -> (N,).
+
+    `normalize`: "imagenet", "lpips" (2x - 1, then LPIPS's scaling layer) or "signed" (2x - 1
+    alone, LPIPS v0.0's input). `lpips_weights` (with `lin=True`): a path to an LPIPS-format
+    file, "official" (the lpips package's v0.1 weights) or "official-v0.0" (its v0.0 weights).
+    Beside the value: `layer_distances` (each extraction point's term, lpips's `retPerLayer`)
+    and `distance_map` (where the images differ, lpips's `spatial=True`).
+    """
 
     def __init__(self, net="alex", method="spatial", channel_norm=True, lin=False, normalize="imagenet",
                  pretrained=True, weights=None, lpips_weights=None, layers=None):
