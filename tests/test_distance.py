@@ -144,22 +144,23 @@ def test_pixel_metrics_on_two_files_and_all_pairs(torch_home, lpips_ssim, folder
 def test_layer_columns_equal_layer_distances_and_sum_to_the_distance(torch_home, folders, tmp_path, capsys):
     out = tmp_path / "pairs.csv"
     code, _, _ = run_distance([*folders, "--net", "alex", "squeeze", "l2", "--method", "spatial+sort",
-                               "--layer-columns", "--batch-size", "1", "--out", out], capsys)
+                               "--layer-columns", "--out", out], capsys)
     rows = read_csv_rows(out)
     points = [1, 4, 7, 9, 10, 11, 12]  # alex's 1 4 7 9 11 and squeeze's 1 4 7 9 10 11 12
     assert code == 0 and rows[0] == HEADER + [f"d_{p}" for p in points]
-    metrics = {net: DistanceMetric(net, method="spatial+sort") for net in ("alex", "squeeze")}
-    for row in rows[1:]:
-        cells = dict(zip(points, row[len(HEADER):]))
-        if row[3] == "l2":
-            assert set(cells.values()) == {"-"}
+    names = sorted(PAIRED)  # the order of the rows; all pairs in one batch, as here (float32 depends on the batch)
+    x0, x1 = (torch.cat([loaded(os.path.join(folder, name)) for name in names]) for folder in folders)
+    for net in ("alex", "squeeze", "l2"):
+        mine = [row for row in rows[1:] if row[3] == net]
+        assert [row[0] for row in mine] == names
+        cells = [dict(zip(points, row[len(HEADER):])) for row in mine]
+        if net == "l2":
+            assert {value for row in cells for value in row.values()} == {"-"}
             continue
-        net_points = LPIPS_LAYERS[row[3]]
-        assert all((cells[p] == "-") == (p not in net_points) for p in points)
-        expected = metrics[row[3]].layer_distances(*(loaded(os.path.join(folder, row[0])) for folder in folders))
-        got = torch.tensor([[float(cells[p]) for p in net_points]])
-        assert_close(got, expected, rtol=1e-6)
-        assert float(row[2]) == pytest.approx(sum(map(float, got[0].tolist())), rel=1e-6)
+        assert all((row[p] == "-") == (p not in LPIPS_LAYERS[net]) for row in cells for p in points)
+        got = torch.tensor([[float(row[p]) for p in LPIPS_LAYERS[net]] for row in cells])
+        assert_close(got, DistanceMetric(net, method="spatial+sort").layer_distances(x0, x1), rtol=1e-6)
+        assert_close(torch.tensor([float(row[2]) for row in mine]), got.double().sum(1), rtol=1e-6)
     pair = [os.path.join(folder, "a.png") for folder in folders]
     code, printed, _ = run_distance([*pair, "--layer-columns"], capsys)  # one configuration: a table all the same
     header, line = printed.strip().splitlines()
