@@ -309,12 +309,13 @@ def lpips_2dirs(model, dir0, dir1, out, device):
     return dict(distances)
 
 
-def ours_2dirs(metrics, dir0, dir1, out, device):
-    """distance.py DIR0 DIR1 --out OUT with the network already loaded: its distances by file name."""
+def ours_2dirs(nets, dir0, dir1, out, device):
+    """distance.py DIR0 DIR1 --out OUT with the network already loaded (`distance.load_metrics`): its distances
+    by file name."""
     args = distance.parse_args([dir0, dir1, *OFFICIAL, "--out", str(out), "--device", str(device)])
     names = distance.paired_names(dir0, dir1)
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-        distance.two_folders(args, metrics, dir0, dir1, names, device)
+        distance.two_folders(args, nets, dir0, dir1, names, device)
     with open(out, newline="") as file:
         return {row["path0"]: float(row["distance"]) for row in csv.DictReader(file)}
 
@@ -358,9 +359,10 @@ def child_run(script, argv):
 def bench_folder(args, device, root):
     """distance.py vs the lpips package on N pairs of 64x64 PNGs, and the two-file startup of both."""
     dir0, dir1 = write_pairs(root, args.folder, 64)
-    metrics = distance.load_metrics(distance.parse_args([dir0, dir1, *OFFICIAL]), device)
+    nets = distance.load_metrics(distance.parse_args([dir0, dir1, *OFFICIAL]), device)
+    metrics = nets["alex"]
     package = lpips_package("alex", next(iter(metrics.values())), device)
-    ours_s, ours = best_of(FOLDER_RUNS, lambda: ours_2dirs(metrics, dir0, dir1, root / "ours.csv", device))
+    ours_s, ours = best_of(FOLDER_RUNS, lambda: ours_2dirs(nets, dir0, dir1, root / "ours.csv", device))
     theirs_s, theirs = best_of(FOLDER_RUNS, lambda: lpips_2dirs(package, dir0, dir1, root / "lpips.txt", device))
     decode_s, compute_s = decode_and_compute(metrics, dir0, dir1, device)
     agreement = max(abs(ours[name] - theirs[name]) / abs(theirs[name]) for name in theirs)
@@ -384,10 +386,10 @@ def bench_vgg512(args, device, root):
     """distance.py on N pairs of 512x512 PNGs with vgg: ms per pair (startup excluded) and peak memory."""
     dir0, dir1 = write_pairs(root, args.vgg512, 512)
     flags = [dir0, dir1, "--net", "vgg", *OFFICIAL, "--device", str(device)]
-    metrics = distance.load_metrics(distance.parse_args(flags), device)
+    nets = distance.load_metrics(distance.parse_args(flags), device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds, _ = best_of(1, lambda: ours_2dirs(metrics, dir0, dir1, root / "vgg.csv", device))
+    seconds, _ = best_of(1, lambda: ours_2dirs(nets, dir0, dir1, root / "vgg.csv", device))
     result = {"pairs": args.vgg512, "device": str(device), "ms_per_pair": 1000 * seconds / args.vgg512}
     if device.type == "cuda":
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20

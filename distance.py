@@ -3,28 +3,36 @@
     python distance.py A.png B.png                       # the distance alone, as the last line of stdout
     python distance.py A.png B.png --net vgg --method spatial+sort
     python distance.py A.png B.png --variant lin --lpips-weights official --normalize lpips   # LPIPS v0.1
+    python distance.py A.png B.png --variant lin --lpips-weights official-v0.0 --normalize signed   # LPIPS v0.0
     python distance.py A.png B.png --all-configs         # the ten baseline configurations, one pass
     python distance.py DIR0 DIR1 --out pairs.csv         # files paired by relative path, recursively
+    python distance.py DIR0 DIR1 --net alex l2 ssim --layer-columns   # beside the pixel metrics, per layer
     python distance.py --all-pairs DIR --out matrix.csv --plot
 
 Two folders: image files are paired by their path relative to each folder, in
 subfolders too; a file in only one folder is listed on stderr and skipped (an error with
 --strict). The CSV has the columns path0,path1,distance (paths relative to their
 folders) and the configuration net,layers,variant,method,channel_norm,normalize: one
-row per pair and configuration. It goes to --out, written to a temporary file that is
-renamed only once complete (an interrupted run leaves no output file), or to stdout.
-The count and mean ± standard deviation are printed at the end (to stderr when the
-rows go to stdout).
+row per pair and configuration (each network of --net with each method and channel
+norm; l2 and ssim with `-` in the columns that do not apply to them, normalize lab or
+rgb, as in experiment.py's results). --layer-columns adds d_<point>, each extraction
+point's distance (DistanceMetric.layer_distances), `-` where the row's network has no
+such point. The rows go to --out, written to a temporary file that is renamed only once
+complete (an interrupted run leaves no output file), or to stdout. The count and mean ±
+standard deviation are printed at the end (to stderr when the rows go to stdout).
+
+Two files: the distance alone when one configuration is asked for, else a table (also
+with --layer-columns); --out writes the CSV row(s) as well.
 
 All pairs: one row per image and configuration: path, the distance to each image of
 the folder (columns in the order of the rows), then the configuration columns. --plot
 draws the matrix as a PNG heat map.
 
-Images load as dataset_collector.load_image reads them: RGB, transparency composited
-over white, grayscale replicated. The two images of a pair must have one size, or
---size N resizes every image to N x N. Files stream in batches: the next batch is
-decoded (by a thread, or by --num-workers processes) while the network works on this
-one, and each image goes through the backbone once for all configurations.
+Images load as image_io.load_image reads them: RGB, transparency composited over white,
+grayscale replicated. The two images of a pair must have one size, or --size N resizes
+every image to N x N. Files stream in batches (image_stream.py): the next batch is
+decoded (by a thread, or by --num-workers processes) while the networks work on this
+one, and each image goes through each backbone once for all configurations.
 """
 import argparse
 import contextlib
@@ -32,27 +40,23 @@ import csv
 import io
 import math
 import os
-import queue
 import sys
-import threading
 from pathlib import Path
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, atomic_open, build_metrics, device_arg,
                  positive_int, preflight, requested_configs, run_main, write_atomic)
-from image_io import IMAGE_EXTENSIONS, ImageLoadError, image_files, load_image
-from loss_networks import canonical_net
-from metric import ALL_CONFIGS, METHODS, NORMALIZATIONS, batch_distances, compare_views, metrics_views
+from image_io import IMAGE_EXTENSIONS, image_files
+from image_stream import MAX_BATCH, auto_batch_size, auto_workers, image_batches, size_mismatch
+from loss_networks import canonical_net, layers_text
+from metric import (ALL_CONFIGS, COLORSPACES, METHODS, NORMALIZATIONS, NOT_APPLICABLE, PIXEL_CONFIG, PIXEL_METRICS,
+                    batch_distances, compare_views, metrics_views)
 
 PAIR_COLUMNS = ("path0", "path1", "distance")
 CONFIG_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize")
 VARIANTS = ("baseline", "lin")
-MAX_BATCH = 50
-PIXELS_PER_IMAGE_BATCH = MAX_BATCH * 64 * 64  # the evaluation's batch of 64x64 images; larger images, fewer
 SHOWN = 5  # file names listed in a message before "... (N more)"
 
 
@@ -104,132 +108,60 @@ def paired_names(dir0, dir1, strict=False):
     return common
 
 
-def size_mismatch(paths, shapes):
-    """The error text for images of different sizes, with both sizes (width x height) and the fix."""
-    sizes = ", ".join(f"{path} is {shape[-1]}x{shape[-2]}" for path, shape in zip(paths, shapes))
-    return (f"images of different sizes: {sizes}; pass --size N to resize every image to N x N "
-            f"(the loader's antialiased bicubic resize)")
-
-
-class ImageTuples(Dataset):
-    """Item i: (i, [image of each file of items[i]], None), or (i, None, message) when they cannot be compared."""
-
-    def __init__(self, items, size=None):
-        self.items, self.size = items, size
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        paths = self.items[index]
-        try:
-            images = [load_image(path, self.size) for path in paths]
-        except ImageLoadError as err:
-            return index, None, str(err)
-        if len({image.shape for image in images}) > 1:
-            return index, None, size_mismatch(paths, [image.shape for image in images])
-        return index, images, None
-
-
-def collate_by_size(batch):
-    """(groups, errors) of a batch of `ImageTuples` items: groups [(indices, [stacked images per position])],
-    one per image size, so that folders of mixed sizes still batch; errors [(index, message)]."""
-    groups, errors = {}, []
-    for index, images, error in batch:
-        if error is not None:
-            errors.append((index, error))
-            continue
-        indices, stacks = groups.setdefault(images[0].shape, ([], [[] for _ in images]))
-        indices.append(index)
-        for stack, image in zip(stacks, images):
-            stack.append(image)
-    return [(indices, [torch.stack(stack) for stack in stacks]) for indices, stacks in groups.values()], errors
-
-
-def prefetched(batches, depth=2):
-    """Iterate `batches` in a background thread, up to `depth` ahead: PIL and torch release the GIL,
-    so decoding the next batch overlaps the network's work on this one."""
-    ready, stop, end = queue.Queue(depth), threading.Event(), object()
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce():
-        try:
-            for batch in batches:
-                if not put((batch, None)):
-                    return
-            put((end, None))
-        except Exception as err:  # handed to the consumer, which raises it
-            put((None, err))
-
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        while True:
-            batch, error = ready.get()
-            if error is not None:
-                raise error
-            if batch is end:
-                return
-            yield batch
-    finally:
-        stop.set()
-
-
-def image_batches(items, size, batch_size, num_workers, device):
-    """`collate_by_size` batches of the files of `items` (tuples of paths), decoded ahead of use."""
-    loader = DataLoader(ImageTuples(items, size), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_by_size, pin_memory=device.type == "cuda")
-    return loader if num_workers or len(loader) < 2 else prefetched(loader)
-
-
-def auto_batch_size(path, size=None):
-    """Images per batch: the evaluation's 50 at 64x64, fewer for larger images (from `path`'s header)."""
-    if size is None:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception:  # PIL reports bad files many ways; loading the file names the problem later
-            return MAX_BATCH
-    else:
-        width = height = size
-    return max(1, min(MAX_BATCH, PIXELS_PER_IMAGE_BATCH // (width * height)))
-
-
-def auto_workers(batches, device):
-    """Decoding processes: none on the CPU (the decoding thread overlaps compute; processes would take
-    cores from torch's threads) or for a short job (starting them costs more than they save)."""
-    if device.type == "cpu" or batches < 8:
-        return 0
-    return min(4, max(1, (os.cpu_count() or 2) // 2))
-
-
-# ---------------------------------------------------------------- metric
+# ---------------------------------------------------------------- metrics and rows
 
 
 def load_metrics(args, device):
-    """{(method, channel_norm): DistanceMetric} for the flags, sharing one backbone, on `device`."""
+    """{net: {config: metric}} for the flags, on `device`: the configurations of each network share its one
+    backbone; a pixel metric (l2, ssim) has its one configuration."""
     backbones = Backbones.from_flags(args)
-    preflight([args.net], backbones, args.lpips_weights)
-    metrics = build_metrics(args.net, args.variant, args.configs, args.normalize, args.lpips_weights, backbones,
-                            layers=args.layers)
-    for metric in dict.fromkeys(metrics.values()):
-        metric.to(device).eval()
-    return metrics
+    preflight(args.net, backbones, args.lpips_weights)
+    nets = {}
+    for net in args.net:
+        configs = [PIXEL_CONFIG] if net in PIXEL_METRICS else args.configs
+        nets[net] = build_metrics(net, args.variant, configs, args.normalize, args.lpips_weights, backbones,
+                                  colorspace=args.colorspace, layers=args.layers)
+        for metric in dict.fromkeys(nets[net].values()):
+            metric.to(device).eval()
+    return nets
 
 
-def config_columns(metrics, args):
-    """{config: the CSV cells net, layers, variant, method, channel_norm, normalize}."""
-    extractor = next(iter(metrics.values())).net
-    layers = "-".join(map(str, extractor.layers))
-    return {(method, norm): [extractor.net, layers, args.variant, method, str(norm).lower(), args.normalize]
-            for method, norm in metrics}
+def row_keys(nets):
+    """Every (net, method, channel_norm) the rows are computed for, in order."""
+    return [(net, *config) for net, metrics in nets.items() for config in metrics]
+
+
+def config_columns(nets, variant):
+    """{(net, method, channel_norm): the CSV cells net, layers, variant, method, channel_norm, normalize};
+    a pixel metric has `-` where a column does not apply (as results.csv)."""
+    columns = {}
+    for net, metrics in nets.items():
+        for (method, norm), metric in metrics.items():
+            if net in PIXEL_METRICS:
+                columns[net, method, norm] = [net, *[NOT_APPLICABLE] * 4, metric.normalize]
+            else:
+                columns[net, method, norm] = [net, layers_text(metric.net.layers), variant, method,
+                                              str(norm).lower(), metric.normalize]
+    return columns
+
+
+def network_points(nets):
+    """{net: its extraction points} for the networks (not the pixel metrics)."""
+    return {net: next(iter(metrics.values())).net.layers for net, metrics in nets.items() if net not in PIXEL_METRICS}
+
+
+def point_columns(points):
+    """The --layer-columns header, d_<point> for every point of any network, in ascending order."""
+    return [f"d_{point}" for point in sorted({p for layers in points.values() for p in layers})]
+
+
+def layer_cells(points, net, layers):
+    """A row's --layer-columns cells: its network's distance at each point, `-` at points it lacks."""
+    if points is None:
+        return []
+    mine = dict(zip(points.get(net, ()), layers or ()))
+    return [number(mine[p]) if p in mine else NOT_APPLICABLE
+            for p in sorted({p for layers in points.values() for p in layers})]
 
 
 def number(value):
@@ -254,10 +186,16 @@ class RunningStats:
         return math.sqrt(self._squares / (self.n - 1)) if self.n > 1 else math.nan
 
 
+def aligned(rows):
+    """Rows of cells as lines of left-aligned columns."""
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
 def print_summary(stats, what, file):
     """'N pairs: mean ± std' for one configuration, a line per configuration for several.
 
-    `stats`: {config: (count, mean, standard deviation)}."""
+    `stats`: {(net, method, channel_norm): (count, mean, standard deviation)}."""
     def text(mean, std):
         return number(mean) + (f" ± {number(std)}" if not math.isnan(std) else "")
 
@@ -267,8 +205,9 @@ def print_summary(stats, what, file):
               file=file)
         return
     print(f"{count} {what}, distance mean ± standard deviation:", file=file)
-    for (method, norm), (_, mean, std) in stats.items():
-        print(f"  {method:<13} channel_norm={str(norm).lower():<6} {text(mean, std)}", file=file)
+    rows = [[net, method, str(norm).lower(), text(mean, std)] for (net, method, norm), (_, mean, std) in stats.items()]
+    for line in aligned(rows):
+        print(f"  {line}", file=file)
 
 
 @contextlib.contextmanager
@@ -284,16 +223,28 @@ def output(path):
 # ---------------------------------------------------------------- pairs
 
 
-def pair_distances(metrics, pairs, size, batch_size, num_workers, device):
-    """Yield (index, {config: distance}, None), or (index, None, message) for a pair that cannot be
-    compared, for each (path0, path1) of `pairs`, in order, batch by batch."""
+def batch_values(nets, x0, x1):
+    """{(net, method, channel_norm): (distances [N], each extraction point's distances [N][L] or None for a
+    pixel metric)} of one batch of pairs; a distance is the sum of its points' (`compare_layers`)."""
+    found = {}
+    for net, metrics in nets.items():
+        by_layer = net not in PIXEL_METRICS
+        with torch.inference_mode():
+            values = batch_distances(metrics, {"0": x0, "1": x1}, [("0", "1")], by_layer)
+        for (method, norm), (d,) in values.items():
+            layers = d.float().tolist() if by_layer else None
+            found[net, method, norm] = ((d.sum(1) if by_layer else d).float().tolist(), layers)
+    return found
+
+
+def pair_distances(nets, pairs, size, batch_size, num_workers, device):
+    """Yield (index, {key: (distance, point distances or None)}, None), or (index, None, message) for a pair
+    that cannot be compared, for each (path0, path1) of `pairs`, in order, batch by batch."""
     for groups, errors in image_batches(pairs, size, batch_size, num_workers, device):
         results = {index: (None, message) for index, message in errors}
         for indices, (x0, x1) in groups:
-            with torch.inference_mode():
-                found = batch_distances(metrics, {"0": x0.to(device), "1": x1.to(device)}, [("0", "1")])
-            values = {config: d.float().tolist() for config, (d,) in found.items()}
-            results.update((index, ({config: v[k] for config, v in values.items()}, None))
+            values = batch_values(nets, x0.to(device), x1.to(device))
+            results.update((index, ({key: (d[k], layers and layers[k]) for key, (d, layers) in values.items()}, None))
                            for k, index in enumerate(indices))
         for index in sorted(results):
             yield (index, *results[index])
@@ -306,49 +257,72 @@ def skip_or_raise(message, skip_bad):
     tqdm.write(f"skipped: {message}", file=sys.stderr)
 
 
-def compare_pairs(args, metrics, pairs, names, device, file, progress=True):
+class PairRows:
+    """The CSV layout of pairs: header and one row per pair and configuration (--layer-columns: d_<point>)."""
+
+    def __init__(self, nets, args):
+        self.columns = config_columns(nets, args.variant)
+        self.points = network_points(nets) if args.layer_columns else None
+
+    def header(self):
+        return [*PAIR_COLUMNS, *CONFIG_COLUMNS, *(point_columns(self.points) if self.points is not None else [])]
+
+    def rows(self, names, values):
+        return [[*names, number(value), *self.columns[key], *layer_cells(self.points, key[0], layers)]
+                for key, (value, layers) in values.items()]
+
+
+def compare_pairs(args, nets, pairs, names, device, file):
     """Distances of `pairs` (path0, path1), their CSV rows (labelled `names`) written to `file` as each batch
-    finishes; returns ({config: RunningStats}, number of pairs skipped)."""
-    columns = config_columns(metrics, args)
-    stats, skipped = {config: RunningStats() for config in metrics}, 0
+    finishes; returns ({key: RunningStats}, number of pairs skipped)."""
+    layout = PairRows(nets, args)
+    stats, skipped = {key: RunningStats() for key in row_keys(nets)}, 0
     batch_size = args.batch_size or auto_batch_size(pairs[0][0], args.size)
     workers = args.num_workers if args.num_workers is not None else auto_workers(len(pairs) / batch_size, device)
     writer = csv.writer(file, lineterminator="\n")
-    writer.writerow(PAIR_COLUMNS + CONFIG_COLUMNS)
-    with tqdm(total=len(pairs), unit="pair", disable=not progress) as bar:
-        for index, distances, error in pair_distances(metrics, pairs, args.size, batch_size, workers, device):
+    writer.writerow(layout.header())
+    with tqdm(total=len(pairs), unit="pair") as bar:
+        for index, values, error in pair_distances(nets, pairs, args.size, batch_size, workers, device):
             bar.update()
             if error is not None:
                 skip_or_raise(error, args.skip_bad)
                 skipped += 1
                 continue
-            for config, value in distances.items():
-                writer.writerow([*names[index], number(value), *columns[config]])
-                stats[config].add(value)
+            writer.writerows(layout.rows(names[index], values))
+            for key, (value, _) in values.items():
+                stats[key].add(value)
     if not next(iter(stats.values())).n:
         raise DistanceError(f"none of the {len(pairs)} pairs could be compared")
     return stats, skipped
 
 
-def two_files(args, metrics, path0, path1, device):
-    """Print the distance (one configuration: the number alone) or a table (several); CSV too with --out."""
-    with output(args.out) if args.out else contextlib.nullcontext(io.StringIO()) as file:
-        stats, _ = compare_pairs(args, metrics, [(path0, path1)], [(path0, path1)], device, file, progress=False)
-    if len(stats) == 1:
-        print(number(next(iter(stats.values())).mean))
+def two_files(args, nets, path0, path1, device):
+    """Print the distance (one configuration: the number alone) or a table (several, or --layer-columns);
+    the CSV too with --out."""
+    ((_, values, error),) = pair_distances(nets, [(path0, path1)], args.size, 1, 0, device)
+    if error is not None:
+        raise DistanceError(error)
+    layout = PairRows(nets, args)
+    if args.out:
+        with output(args.out) as file:
+            csv.writer(file, lineterminator="\n").writerows([layout.header(), *layout.rows((path0, path1), values)])
+    if len(values) == 1 and not args.layer_columns:
+        print(number(next(iter(values.values()))[0]))
         return
-    print(f"{'method':<14}{'channel_norm':<14}distance")
-    for (method, norm), stat in stats.items():
-        print(f"{method:<14}{str(norm).lower():<14}{number(stat.mean)}")
+    points = point_columns(layout.points) if layout.points is not None else []
+    table = [["net", "method", "channel_norm", "distance", *points]]
+    for row in layout.rows((path0, path1), values):
+        table.append([row[3], row[6], row[7], row[2], *row[len(PAIR_COLUMNS) + len(CONFIG_COLUMNS):]])
+    print("\n".join(aligned(table)))
 
 
-def two_folders(args, metrics, dir0, dir1, names, device):
+def two_folders(args, nets, dir0, dir1, names, device):
     """CSV rows for the files `names` (relative paths) of both folders, then the summary."""
     pairs = [(os.path.join(dir0, name), os.path.join(dir1, name)) for name in names]
     with output(args.out) as file:
-        stats, skipped = compare_pairs(args, metrics, pairs, [(name, name) for name in names], device, file)
+        stats, skipped = compare_pairs(args, nets, pairs, [(name, name) for name in names], device, file)
     report = sys.stdout if args.out else sys.stderr
-    stats = {config: (stat.n, stat.mean, stat.std) for config, stat in stats.items()}
+    stats = {key: (stat.n, stat.mean, stat.std) for key, stat in stats.items()}
     print_summary(stats, "pairs" + (f" ({skipped} skipped)" if skipped else ""), report)
     if args.out:
         print(f"wrote {args.out}", file=report)
@@ -357,8 +331,17 @@ def two_folders(args, metrics, dir0, dir1, names, device):
 # ---------------------------------------------------------------- all pairs
 
 
-def folder_views(metrics, paths, args, batch_size, device):
-    """(indices of the images kept, their views stacked), each image through the backbone once."""
+def image_views(nets, x):
+    """{net: what its comparisons need of images `x`}: a network's views (one backbone pass), a pixel
+    metric's images themselves ({"images": [x]}), as {key: [tensors]} alike."""
+    with torch.inference_mode():
+        return {net: {"images": [x]} if net in PIXEL_METRICS else metrics_views(metrics, x)
+                for net, metrics in nets.items()}
+
+
+def folder_views(nets, paths, args, batch_size, device):
+    """(indices of the images kept, {net: their `image_views` stacked}), each image decoded once and through
+    each backbone once."""
     workers = args.num_workers if args.num_workers is not None else auto_workers(len(paths) / batch_size, device)
     store, kept, first = None, [], None
     with tqdm(total=len(paths), unit="image", desc="features") as bar:
@@ -370,48 +353,62 @@ def folder_views(metrics, paths, args, batch_size, device):
                 first = first or (paths[indices[0]], x.shape)
                 if x.shape[1:] != first[1][1:]:
                     raise DistanceError(size_mismatch([first[0], paths[indices[0]]], [first[1], x.shape]))
-                with torch.inference_mode():
-                    views = metrics_views(metrics, x.to(device))
+                views = image_views(nets, x.to(device))
                 if store is None:  # one allocation for the whole folder: memory is known from the first batch
-                    store = {key: [t.new_empty((len(paths), *t.shape[1:])) for t in layers]
-                             for key, layers in views.items()}
-                for key, layers in views.items():
-                    for full, t in zip(store[key], layers):
-                        full[len(kept): len(kept) + len(t)] = t
+                    store = {net: {key: [t.new_empty((len(paths), *t.shape[1:])) for t in layers]
+                                   for key, layers in net_views.items()} for net, net_views in views.items()}
+                for net, net_views in views.items():
+                    for key, layers in net_views.items():
+                        for full, t in zip(store[net][key], layers):
+                            full[len(kept): len(kept) + len(t)] = t
                 kept += indices
     if len(kept) < 2:
         raise DistanceError(f"--all-pairs needs at least two readable images, found {len(kept)}")
-    return kept, {key: [t[:len(kept)] for t in layers] for key, layers in store.items()}
+    return kept, {net: {key: [t[:len(kept)] for t in layers] for key, layers in net_views.items()}
+                  for net, net_views in store.items()}
 
 
-def distance_matrices(metrics, views, chunk):
-    """{config: (n, n) symmetric matrix with a zero diagonal}, each pair of images compared once."""
-    n = len(next(iter(views.values()))[0])
+def chunk_distances(nets, stores, i, j):
+    """{(net, method, channel_norm): distances (len(i),)} between the stored images i and j. A pixel metric
+    computes its features of both anew (they are not stored per image)."""
+    found = {}
+    for net, metrics in nets.items():
+        pair = {name: {key: [t[index.to(t.device)] for t in layers] for key, layers in stores[net].items()}
+                for name, index in (("0", i), ("1", j))}
+        with torch.inference_mode():
+            if net in PIXEL_METRICS:
+                values = batch_distances(metrics, {name: views["images"][0] for name, views in pair.items()},
+                                         [("0", "1")])
+            else:
+                values = compare_views(metrics, pair, [("0", "1")])
+        found.update(((net, *config), d.float().cpu()) for config, (d,) in values.items())
+    return found
+
+
+def distance_matrices(nets, stores, n, chunk):
+    """{(net, method, channel_norm): (n, n) symmetric matrix with a zero diagonal}, each pair compared once."""
     rows, cols = torch.triu_indices(n, n, offset=1, dtype=torch.int32)
-    matrices = {config: torch.zeros(n, n) for config in metrics}
-    device = next(iter(views.values()))[0].device
+    matrices = {key: torch.zeros(n, n) for key in row_keys(nets)}
     for start in tqdm(range(0, len(rows), chunk), unit="batch", desc="pairs"):
         i, j = rows[start: start + chunk].long(), cols[start: start + chunk].long()
-        pair_views = {name: {key: [t[index.to(device)] for t in layers] for key, layers in views.items()}
-                      for name, index in (("0", i), ("1", j))}
-        with torch.inference_mode():
-            found = compare_views(metrics, pair_views, [("0", "1")])
-        for config, (d,) in found.items():
-            matrices[config][i, j] = matrices[config][j, i] = d.float().cpu()
+        for key, d in chunk_distances(nets, stores, i, j).items():
+            matrices[key][i, j] = matrices[key][j, i] = d
     return matrices
 
 
-def plot_matrices(matrices, names):
-    """The matrices as heat maps, one panel per configuration, as PNG bytes."""
+def plot_matrices(matrices, names, columns):
+    """The matrices as heat maps, one panel per configuration (titled by its `columns`), as PNG bytes."""
     from matplotlib.figure import Figure  # only --plot needs matplotlib
     count = len(matrices)
-    columns = min(count, 5)
-    rows = math.ceil(count / columns)
-    fig = Figure(figsize=(4.5 * columns, 4 * rows + 0.5), layout="constrained")
-    for ax, ((method, norm), matrix) in zip(fig.subplots(rows, columns, squeeze=False).flat, matrices.items()):
+    width = min(count, 5)
+    rows = math.ceil(count / width)
+    fig = Figure(figsize=(4.5 * width, 4 * rows + 0.5), layout="constrained")
+    for ax, (key, matrix) in zip(fig.subplots(rows, width, squeeze=False).flat, matrices.items()):
         off_diagonal = matrix.clone().fill_diagonal_(float("nan"))  # the zeros would set the colour scale
         image = ax.imshow(off_diagonal.numpy(), cmap="viridis")
-        ax.set_title(f"{method}, channel norm {'on' if norm else 'off'}")
+        net, _, _, method, norm, normalize = columns[key]
+        ax.set_title(f"{net} ({normalize})" if net in PIXEL_METRICS else
+                     f"{net}, {method}, channel norm {'on' if norm == 'true' else 'off'}")
         if len(names) <= 30:
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
             ax.set_yticks(range(len(names)), names, fontsize=6)
@@ -421,26 +418,25 @@ def plot_matrices(matrices, names):
     return buffer.getvalue()
 
 
-def all_pairs(args, metrics, folder, names, device):
+def all_pairs(args, nets, folder, names, device):
     """The distance matrix of the images `names` of `folder` as CSV (and a PNG with --plot), then the summary."""
     paths = [os.path.join(folder, name) for name in names]
     pairs_per_batch = args.batch_size or auto_batch_size(paths[0], args.size)
-    kept, views = folder_views(metrics, paths, args, 2 * pairs_per_batch, device)
+    kept, stores = folder_views(nets, paths, args, 2 * pairs_per_batch, device)
     names = [names[index] for index in kept]
-    matrices = distance_matrices(metrics, views, pairs_per_batch)
-    columns = config_columns(metrics, args)
+    matrices = distance_matrices(nets, stores, len(kept), pairs_per_batch)
+    columns = config_columns(nets, args.variant)
     with output(args.out) as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(["path", *names, *CONFIG_COLUMNS])
-        for config, matrix in matrices.items():
-            writer.writerows([name, *map(number, row), *columns[config]] for name, row in zip(names, matrix.tolist()))
+        for key, matrix in matrices.items():
+            writer.writerows([name, *map(number, row), *columns[key]] for name, row in zip(names, matrix.tolist()))
     if args.plot is not None:
-        write_atomic(args.plot, plot_matrices(matrices, names))
+        write_atomic(args.plot, plot_matrices(matrices, names, columns))
     report = sys.stdout if args.out else sys.stderr
     upper = torch.ones(len(names), len(names), dtype=torch.bool).triu(1)
-    values = {config: matrix[upper].double() for config, matrix in matrices.items()}
-    stats = {config: (len(v), v.mean().item(), v.std().item() if len(v) > 1 else math.nan)
-             for config, v in values.items()}
+    values = {key: matrix[upper].double() for key, matrix in matrices.items()}
+    stats = {key: (len(v), v.mean().item(), v.std().item() if len(v) > 1 else math.nan) for key, v in values.items()}
     print_summary(stats, f"pairs of {len(names)} images", report)
     for path in (args.out, args.plot):
         if path:
@@ -459,17 +455,36 @@ def parse_args(argv=None):
                         help="the distance matrix of every pair of images in DIR. Memory: every image's "
                              "activations stay in memory, about 0.13 MB per 64x64 image for alex and 2 MB for "
                              "vgg, growing with the pixels, once per view (spatial+sort keeps two, "
-                             "--all-configs four), plus the n x n matrix per configuration")
+                             "--all-configs four), plus the n x n matrix per configuration; l2 and ssim keep the "
+                             "images and compute their features anew for each pair")
     parser.add_argument("--out", metavar="FILE", help="CSV file to write (default: the rows go to stdout)")
     parser.add_argument("--plot", nargs="?", const="", metavar="PNG",
                         help="with --all-pairs: also draw the matrix as a PNG heat map (default file: --out with "
                              "the suffix .png)")
-    config = parser.add_argument_group("metric", "as experiment.py's flags (one network here)")
-    config.add_argument("--net", default="alex",
-                        help="the loss network, a name experiment.py's --net takes (alex, squeeze, vgg, ...); "
-                             "default: alex")
+    parser.add_argument("--layer-columns", action="store_true",
+                        help="two files or two folders: add the columns d_<point>, each extraction point's "
+                             "distance (they sum to distance; spatial+sort and spatial+mean: both parts at that "
+                             "point), '-' at points a row's network lacks and for l2 and ssim")
+    add_metric_flags(parser.add_argument_group("metric", "as experiment.py's flags"))
+    add_weights_flags(parser)
+    add_file_flags(parser.add_argument_group("files"))
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def add_metric_flags(config):
+    """--net, --layers, --method, --channel-norm, --all-configs, --variant, --lpips-weights, --normalize,
+    --colorspace, --device."""
+    config.add_argument("--net", nargs="+", default=["alex"], metavar="NET",
+                        help="loss networks, names experiment.py's --net takes (alex, squeeze, vgg, resnet50, ...), "
+                             "and the pixel metrics l2 and ssim (LPIPS's L2 and DSSIM), alone or beside networks; "
+                             "the net column tells their rows apart (default: alex)")
     config.add_argument("--layers", nargs="+", type=int, metavar="N",
-                        help="extraction points of the network (default: the LPIPS layers)")
+                        help="extraction points of the networks (default: the LPIPS layers)")
     config.add_argument("--method", nargs="+", choices=[*METHODS, "all"], metavar="METHOD",
                         help=f"{', '.join(METHODS)}, or all (default: spatial)")
     config.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS),
@@ -480,18 +495,25 @@ def parse_args(argv=None):
     config.add_argument("--variant", choices=VARIANTS, default="baseline",
                         help="baseline: plain sum over channels; lin: LPIPS linear weights from --lpips-weights "
                              "(default: %(default)s)")
-    config.add_argument("--lpips-weights", metavar="PATH|official",
-                        help="linear weights for --variant lin: official (LPIPS v0.1, with --normalize lpips "
-                             "this is the lpips package's metric) or an LPIPS-format file")
+    config.add_argument("--lpips-weights", metavar="PATH|official|official-v0.0",
+                        help="linear weights for --variant lin: official (LPIPS v0.1: with --normalize lpips this "
+                             "is lpips.LPIPS), official-v0.0 (LPIPS v0.0: with --normalize signed this is "
+                             "lpips.LPIPS(version='0.0')) or an LPIPS-format file")
     config.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
-                        help="input normalisation; lpips: the one LPIPS's weights were trained with "
-                             "(default: %(default)s)")
+                        help="the networks' input normalisation; lpips: the one LPIPS v0.1's weights were trained "
+                             "with; signed: 2x - 1 alone, LPIPS v0.0's input (default: %(default)s)")
+    config.add_argument("--colorspace", choices=COLORSPACES, default="Lab",
+                        help="where l2 and ssim compare, as experiment.py: Lab (the 8-bit image in CIE Lab) or "
+                             "RGB; their rows have normalize lab or rgb (default: %(default)s)")
     config.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: %(default)s)")
-    add_weights_flags(parser)
-    files = parser.add_argument_group("files")
-    files.add_argument("--size", type=positive_int, metavar="N", help="resize every image to N x N (default: as stored; "
-                                                             "the two images of a pair must then have one size)")
+
+
+def add_file_flags(files):
+    """--size, --strict, --skip-bad, --batch-size, --num-workers."""
+    files.add_argument("--size", type=positive_int, metavar="N", help="resize every image to N x N (default: as "
+                                                                      "stored; the two images of a pair must then "
+                                                                      "have one size)")
     files.add_argument("--strict", action="store_true", help="a file present in only one folder is an error")
     files.add_argument("--skip-bad", action="store_true",
                        help="list and skip pairs (or images) that cannot be read or differ in size, instead of "
@@ -502,12 +524,6 @@ def parse_args(argv=None):
     files.add_argument("--num-workers", type=int, metavar="N",
                        help="image-decoding processes (default: 0 on the CPU or for short jobs, where a thread "
                             "decodes the next batch while this one is computed; else up to 4)")
-    args = parser.parse_args(argv)
-    try:
-        check_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    return args
 
 
 def check_args(args):
@@ -522,6 +538,9 @@ def check_args(args):
         if args.out is None:
             raise ValueError("--plot needs a file name (--plot matrix.png) or --out")
         args.plot = str(Path(args.out).with_suffix(".png"))
+    if args.layer_columns and args.all_pairs is not None:
+        raise ValueError("--layer-columns adds columns to the rows of pairs, which --all-pairs' matrix has no "
+                         "place for: drop it, or run --all-pairs once per point with --layers P")
     if args.all_configs and (args.method or args.channel_norm):
         raise ValueError("--all-configs is --method all --channel-norm both: drop --method and --channel-norm")
     if args.all_configs and args.variant != "baseline":
@@ -529,17 +548,17 @@ def check_args(args):
     if args.variant == "baseline" and args.lpips_weights:
         raise ValueError("--variant baseline has no linear layers: drop --lpips-weights or use --variant lin")
     if args.variant == "lin" and not args.lpips_weights:
-        raise ValueError("--variant lin needs linear weights: --lpips-weights official (LPIPS v0.1) or "
-                         "--lpips-weights PATH (an LPIPS-format file)")
+        raise ValueError("--variant lin needs linear weights: --lpips-weights official (LPIPS v0.1), official-v0.0 "
+                         "(LPIPS v0.0) or PATH (an LPIPS-format file)")
     if args.num_workers is not None and args.num_workers < 0:
         raise ValueError(f"--num-workers must be at least 0, got {args.num_workers}")
-    args.net = canonical_net(args.net)
-    args.configs = ALL_CONFIGS if args.all_configs else requested_configs(args.method or ["spatial"],
-                                                                           args.channel_norm or "on")
+    args.net = list(dict.fromkeys(net if net in PIXEL_METRICS else canonical_net(net) for net in args.net))
+    args.configs = (ALL_CONFIGS if args.all_configs
+                    else requested_configs(args.method or ["spatial"], args.channel_norm or "on"))
 
 
 def run(args):
-    """Check the paths, then load the metric and compare: a bad path fails before the network loads."""
+    """Check the paths, then load the metrics and compare: a bad path fails before a network loads."""
     device = args.device
     if args.all_pairs is not None:
         if path_kind(args.all_pairs) != "folder":

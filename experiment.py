@@ -2,6 +2,7 @@
 
     python experiment.py --net alex squeeze vgg --method all --channel-norm both
     python experiment.py --net alex --variant lin --normalize lpips --lpips-weights official
+    python experiment.py --net alex --variant lin --normalize signed --lpips-weights official-v0.0  # LPIPS v0.0
     python experiment.py --net resnet50 --layers 2 4 5 7 --per-layer    # any torchvision net, any points
     python experiment.py --preset paper --method all                    # the original's 14-network grid
     python experiment.py --net l2 ssim alex                             # the pixel metrics beside a network
@@ -33,9 +34,9 @@ from bapps_archives import SUBSPLITS, retry_settings
 from evaluation import BAPPS_SETS, bapps_sets, evaluate_net, net_configs
 from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, PRESET, canonical_net, check_layers,
                            default_layers, layers_text, load_state_dict_file)
-from metric import (ALL_CONFIGS, COLORSPACES, INITS, METHODS, NORMALIZATIONS, NOT_APPLICABLE, PARTS,  # noqa: F401
-                    PIXEL_METRICS, TRAINED_VARIANTS, VARIANTS, DistanceMetric, LinearLayer, channel_normalize,
-                    check_images, official_lpips_path, score_2afc, score_jnd)
+from metric import (ALL_CONFIGS, COLORSPACES, INITS, METHODS, NORMALIZATIONS, NOT_APPLICABLE,  # noqa: F401
+                    OFFICIAL_VERSIONS, PARTS, PIXEL_METRICS, TRAINED_VARIANTS, VARIANTS, DistanceMetric, LinearLayer,
+                    channel_normalize, check_images, official_lpips_path, score_2afc, score_jnd)
 from results import report, results_path, results_table, run_columns, weights_identity  # noqa: F401
 
 PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
@@ -108,17 +109,17 @@ def add_metric_flags(parser):
                         help="baseline: plain sum over channels; lin: LPIPS linear weights from --lpips-weights; "
                              "tune, scratch: trained backbones, need --train (default: %(default)s)")
     parser.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
-                        help="input normalisation; lpips: the one LPIPS's weights were trained with "
-                             "(default: %(default)s)")
+                        help="input normalisation; lpips: the one LPIPS v0.1's weights were trained with; signed: "
+                             "2x - 1 alone, LPIPS v0.0's input (default: %(default)s)")
     parser.add_argument("--colorspace", choices=COLORSPACES, default="Lab",
                         help="where the pixel metrics l2 and ssim compare, as LPIPS's --colorspace: Lab (the 8-bit "
                              "image in CIE Lab, range 100) or RGB; their rows have normalize lab or rgb and "
                              f"'{NOT_APPLICABLE}' in layers, variant, method, channel_norm and weights "
                              "(default: %(default)s)")
-    parser.add_argument("--lpips-weights", metavar="PATH|official",
+    parser.add_argument("--lpips-weights", metavar="PATH|official|official-v0.0",
                         help="linear weights for --variant lin: 'official' (LPIPS v0.1, shipped with the lpips "
-                             "package) or an LPIPS-format file; a file in a folder version_K gives its rows "
-                             "version K")
+                             "package; with --normalize lpips), 'official-v0.0' (LPIPS v0.0; with --normalize "
+                             "signed) or an LPIPS-format file; a file in a folder version_K gives its rows version K")
 
 
 def add_data_flags(parser):
@@ -185,7 +186,8 @@ def check_args(args):
         raise ValueError("--variant baseline has no linear layers: drop --lpips-weights or use --variant lin")
     if args.variant == "lin" and not args.lpips_weights and not args.train:
         raise ValueError("--variant lin without training evaluates given linear weights: pass --lpips-weights "
-                         "official (LPIPS v0.1) or --lpips-weights PATH (an LPIPS-format file), or --train")
+                         "official (LPIPS v0.1), official-v0.0 (LPIPS v0.0) or PATH (an LPIPS-format file), "
+                         "or --train")
     check_training_args(args)
     check_network_args(args)
     valid = [s for split in args.splits for s in SUBSPLITS[BAPPS_SETS[split][1]]]
@@ -206,14 +208,14 @@ def check_network_args(args):
     """Raise ValueError, saying the fix, for --layers, --per-layer and --random-init that cannot run."""
     official_nets = [net for net, points in args.points.items() if net not in PIXEL_METRICS
                      and (points != DEFAULT_LAYERS.get(net) or net not in LPIPS_NETS)]
-    if args.lpips_weights == "official" and official_nets:
-        raise ValueError(f"--lpips-weights official holds LPIPS's weights for alex, squeeze and vgg at their "
-                         f"default points, not for {', '.join(official_nets)} at "
+    if args.lpips_weights in OFFICIAL_VERSIONS and official_nets:
+        raise ValueError(f"--lpips-weights {args.lpips_weights} holds LPIPS's weights for alex, squeeze and vgg "
+                         f"at their default points, not for {', '.join(official_nets)} at "
                          f"{'; '.join(layers_text(args.points[net]) for net in official_nets)}: train weights "
                          f"with --train, or pass an LPIPS-format file that fits")
     if args.per_layer and args.variant == "lin" and args.lpips_weights and not args.train:
-        check_single_point_weights(official_lpips_path(args.net[0]) if args.lpips_weights == "official"
-                                   else args.lpips_weights)
+        check_single_point_weights(official_lpips_path(args.net[0], args.lpips_weights)
+                                   if args.lpips_weights in OFFICIAL_VERSIONS else args.lpips_weights)
     if args.random_init and args.train:
         raise ValueError("--random-init evaluates untrained backbones; to train from a random backbone use "
                          "--variant scratch --train")
@@ -232,7 +234,7 @@ def check_single_point_weights(path):
 
 def weights_version(lpips_weights):
     """The version a linear-weights file was trained as (its folder `version_K`), else 0."""
-    if lpips_weights in (None, "official"):
+    if lpips_weights is None or lpips_weights in OFFICIAL_VERSIONS:
         return 0
     match = re.fullmatch(r"version_(\d+)", Path(lpips_weights).parent.name)
     return int(match.group(1)) if match else 0

@@ -19,10 +19,11 @@ own for display.
 
 With `--compare PATH`, `OUT/<name>_vs_<name2>_<net>_<method>_<norm|raw>.png` (`/` in
 `<name2>` written as `-`) shows both
-images and the per-pixel distance map of `--method` overlaid on the first: for each
-layer and each position of the method's view, the sum over channels of the squared
-difference, upsampled (bilinear) to the image size, then summed over layers (as LPIPS's
-spatial output), so the map's mean is close to the metric's value. What a position is
+images and the per-pixel distance map of `--method` overlaid on the first
+(`DistanceMetric.distance_map`): for each layer and each position of the method's view,
+the sum over channels of the squared difference, upsampled (bilinear) to the image size,
+then summed over layers (as LPIPS's spatial output), so the map's mean is close to the
+metric's value. What a position is
 depends on the method: `spatial` compares the same place in both images; `sort`
 compares the k-th smallest value of each channel, laid out row by row over the layer's
 grid, so its map tells where in that order the images differ, not where in the image;
@@ -40,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
@@ -49,7 +49,7 @@ from cli import (Backbones, UserError, add_weights_flags, build_metric, check_wr
                  positive_int, preflight, run_main, write_atomic)
 from image_io import image_files, load_image
 from loss_networks import check_layers, point_names
-from metric import METHODS, PARTS, channel_normalize
+from metric import METHODS, channel_normalize
 
 
 def find_image(image_dir, substrings):
@@ -127,19 +127,6 @@ def write_feature_maps(metric, x, name, out, max_channels):
     return paths
 
 
-def distance_map(metric, x0, x1, method="spatial", channel_norm=True):
-    """Per-pixel distance (N, H, W): per layer and view position the channel sum of squared differences,
-    upsampled to the image size and summed over layers."""
-    configs = [(method, bool(channel_norm))]
-    v0, v1 = (metric.views(metric.features(x), configs) for x in (x0, x1))
-    total = 0
-    for part in PARTS[method]:
-        for a0, a1 in zip(v0[part, bool(channel_norm)], v1[part, bool(channel_norm)]):
-            per_position = (a0 - a1).square().sum(1, keepdim=True)
-            total = total + F.interpolate(per_position, size=x0.shape[2:], mode="bilinear", align_corners=False)
-    return total[:, 0]
-
-
 def compare_figure(x0, x1, dmap, names, title):
     """PNG bytes: both images, then the distance map overlaid on the first."""
     fig = Figure(figsize=(13, 4.6), layout="constrained")
@@ -160,7 +147,7 @@ def compare_figure(x0, x1, dmap, names, title):
 def write_distance_map(metric, x0, x1, names, out, method, channel_norm, image_dir):
     """The comparison PNG of images x0 and x1 (1, 3, H, W) read from the files `names`; returns its path."""
     with torch.inference_mode():
-        dmap = distance_map(metric, x0, x1, method, channel_norm)[0]
+        dmap = metric.distance_map(x0, x1, method, channel_norm)[0, 0]
         value = metric.distance(metric.features(x0), metric.features(x1), method, channel_norm).item()
     norm = "norm" if channel_norm else "raw"
     title = (f"{metric.net.net}, {method}, channel norm {'on' if channel_norm else 'off'}: "

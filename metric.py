@@ -15,6 +15,8 @@ is light (no Lightning, matplotlib, requests or scipy):
 
     metric = DistanceMetric(net="vgg", method="spatial+sort")
     d = metric(x0, x1)   # x0, x1: (N, 3, H, W) in [0, 1]; d: (N,), differentiable
+    metric.layer_distances(x0, x1)   # (N, L), one column per extraction point, summing to d
+    metric.distance_map(x0, x1)      # (N, 1, H, W): where they differ (lpips's spatial=True)
 """
 from importlib import resources
 
@@ -28,10 +30,13 @@ from loss_networks import FeatureExtractor, load_state_dict_file
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
 ALL_CONFIGS = tuple((method, norm) for method in METHODS for norm in (True, False))
+# input normalisation (mean, std): x -> (x - mean) / std, where the [-1, 1] ones first take x -> 2x - 1
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "lpips": ((-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)),
+    "signed": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # 2x - 1 alone: what LPIPS v0.0 feeds its network
 }
+SIGNED_INPUTS = ("lpips", "signed")
 RANGE_TOLERANCE = 1e-3
 VARIANTS = ("baseline", "lin", "tune", "scratch")  # tune and scratch train the backbone too
 TRAINED_VARIANTS = VARIANTS[1:]
@@ -116,6 +121,13 @@ def layer_distance(a0, a1, lin=None):
     return diff.mean((2, 3)).sum(1) if lin is None else lin(diff)
 
 
+def layer_map(a0, a1, lin=None):
+    """The (learned, if `lin`) sum over channels of (a0 - a1)**2 at each position: (N, 1, h, w), the map
+    whose mean over positions is `layer_distance`."""
+    diff = F.mse_loss(a0, a1, reduction="none")
+    return diff.sum(1, keepdim=True) if lin is None else lin.per_position(diff)
+
+
 class LinearLayer(nn.Module):
     """LPIPS's NetLinLayer: dropout, then a bias-free 1x1 conv to one channel (kept >= 0).
 
@@ -134,6 +146,12 @@ class LinearLayer(nn.Module):
         # under torch.autocast the linear map would run (and return) in half precision; distances stay float32
         with torch.autocast(diff.device.type, enabled=False):
             return F.linear(dropout(diff).float().mean((2, 3)), conv.weight.flatten(1).float()).flatten()
+
+    def per_position(self, diff):
+        """The conv's output at each position, (N, 1, H, W): LPIPS's map before its mean (`spatial=True`)."""
+        dropout, conv = self.model
+        with torch.autocast(diff.device.type, enabled=False):
+            return F.conv2d(dropout(diff).float(), conv.weight.float())
 
 
 OFFICIAL_VERSIONS = {"official": "v0.1", "official-v0.0": "v0.0"}  # lpips_weights: the lpips package's folder
@@ -154,7 +172,14 @@ def lpips_key(part_index, part, layer):
 
 
 class DistanceMetric(nn.Module):
-    """Deep perceptual distance between image batches in [0, 1]: `metric(x0, x1)` -> (N,)."""
+    """Deep perceptual distance between image batches in [0, 1]: `metric(x0, x1)` -> (N,).
+
+    `normalize`: "imagenet", "lpips" (2x - 1, then LPIPS's scaling layer) or "signed" (2x - 1
+    alone, LPIPS v0.0's input). `lpips_weights` (with `lin=True`): a path to an LPIPS-format
+    file, "official" (the lpips package's v0.1 weights) or "official-v0.0" (its v0.0 weights).
+    Beside the value: `layer_distances` (each extraction point's term, lpips's `retPerLayer`)
+    and `distance_map` (where the images differ, lpips's `spatial=True`).
+    """
 
     def __init__(self, net="alex", method="spatial", channel_norm=True, lin=False, normalize="imagenet",
                  pretrained=True, weights=None, lpips_weights=None, layers=None):
@@ -174,14 +199,14 @@ class DistanceMetric(nn.Module):
             for part in PARTS[method]:
                 self.lins[part] = nn.ModuleList(LinearLayer(c) for c in channels)
             if lpips_weights is not None:
-                self.load_lpips_weights(official_lpips_path(self.net.net) if lpips_weights == "official"
-                                        else lpips_weights)
+                self.load_lpips_weights(official_lpips_path(self.net.net, lpips_weights)
+                                        if lpips_weights in OFFICIAL_VERSIONS else lpips_weights)
         self.eval()
 
     def _register_input_affine(self, normalize):
-        # x -> (x - mean) / std (after x -> 2x - 1 for "lpips") as one fused x * gain + offset
+        # x -> (x - mean) / std (after x -> 2x - 1 for the signed inputs) as one fused x * gain + offset
         mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in NORMALIZATIONS[normalize])
-        factor, start = (2.0, -1.0) if normalize == "lpips" else (1.0, 0.0)
+        factor, start = (2.0, -1.0) if normalize in SIGNED_INPUTS else (1.0, 0.0)
         self.register_buffer("gain", (factor / std).float(), persistent=False)
         self.register_buffer("offset", ((start - mean) / std).float(), persistent=False)
 
@@ -254,16 +279,29 @@ class DistanceMetric(nn.Module):
                     out[part, norm] = [channel_normalize(t) for t in raw] if norm else raw
         return out
 
-    def compare(self, v0, v1, configs):
-        """{(method, channel_norm): distances (N,)} between two images' views; shared parts computed once."""
-        totals = {}
+    def part_lins(self, part, count):
+        """The linear layers of one part of the method, one per extraction point (None each without `lin`)."""
+        return self.lins[part] if self.lin else [None] * count
+
+    def compare_layers(self, v0, v1, configs):
+        """{(method, channel_norm): distances (N, L)} between two images' views, one column per extraction
+        point; a + method's column is the sum of both parts at that point. Shared parts computed once."""
+        parts = {}
         for method, norm in configs:
             for part in PARTS[method]:
-                if (part, norm) not in totals:
-                    lins = self.lins[part] if self.lin else [None] * len(v0[part, norm])
-                    totals[part, norm] = sum(layer_distance(a0, a1, lin)
-                                             for a0, a1, lin in zip(v0[part, norm], v1[part, norm], lins))
-        return {(method, norm): sum(totals[part, norm] for part in PARTS[method]) for method, norm in configs}
+                if (part, norm) not in parts:
+                    a0s, a1s = v0[part, norm], v1[part, norm]
+                    parts[part, norm] = torch.stack([layer_distance(a0, a1, lin) for a0, a1, lin
+                                                     in zip(a0s, a1s, self.part_lins(part, len(a0s)))], 1)
+        found = {}
+        for method, norm in configs:
+            first, *rest = (parts[part, norm] for part in PARTS[method])
+            found[method, norm] = first + rest[0] if rest else first
+        return found
+
+    def compare(self, v0, v1, configs):
+        """{(method, channel_norm): distances (N,)} between two images' views: the sums of `compare_layers`."""
+        return {config: layers.sum(1) for config, layers in self.compare_layers(v0, v1, configs).items()}
 
     def distance(self, f0, f1, method=None, channel_norm=None):
         """Distance (N,) between two lists of activations from `features`."""
@@ -271,6 +309,42 @@ class DistanceMetric(nn.Module):
             raise ValueError("the two feature lists differ in length or shape: were the images the same size?")
         configs = self.configs(method, channel_norm)
         return self.compare(self.views(f0, configs), self.views(f1, configs), configs)[configs[0]]
+
+    def pair_views(self, x0, x1, method=None, channel_norm=None):
+        """(configuration, views of x0, views of x1) for one configuration (default: the metric's own)."""
+        check_same_shape(x0, x1)
+        configs = self.configs(method, channel_norm)
+        return configs[0], self.views(self.features(x0), configs), self.views(self.features(x1), configs)
+
+    def layer_distances(self, x0, x1, method=None, channel_norm=None):
+        """Each extraction point's distance, (N, L), summing to the metric's value (lpips's `retPerLayer`).
+
+        For spatial+sort and spatial+mean a column is the sum of both parts at that point.
+        Differentiable.
+        """
+        config, v0, v1 = self.pair_views(x0, x1, method, channel_norm)
+        return self.compare_layers(v0, v1, [config])[config]
+
+    def distance_map(self, x0, x1, method=None, channel_norm=None):
+        """Where the images differ, (N, 1, H, W): each layer's map (`layer_map`: the distance before its mean
+        over positions) upsampled bilinearly (align_corners=False) to the input size, summed over layers;
+        lpips's `spatial=True`. Differentiable.
+
+        A map position is a position of the method's view: for `spatial` a place in the image; for
+        `sort` a rank (the k-th smallest value of each channel, laid out row by row over the layer's
+        grid), so the map tells where in that order the images differ, not where in the image; `mean`
+        has one position per layer and adds that layer's distance everywhere. spatial+sort and
+        spatial+mean add both parts' maps. Bilinear upsampling keeps the mean only roughly: the map's
+        mean is close to the metric's value, equal for `mean`.
+        """
+        (method, norm), v0, v1 = self.pair_views(x0, x1, method, channel_norm)
+        total = 0
+        for part in PARTS[method]:
+            a0s, a1s = v0[part, norm], v1[part, norm]
+            for a0, a1, lin in zip(a0s, a1s, self.part_lins(part, len(a0s))):
+                total = total + F.interpolate(layer_map(a0, a1, lin), size=x0.shape[2:], mode="bilinear",
+                                              align_corners=False)
+        return total
 
     def all_methods(self, x0, x1):
         """{(method, channel_norm): (N,)} for all five methods x both norms, one backbone pass per input."""
@@ -370,8 +444,9 @@ def _shared_feature_metric(metrics):
     return first
 
 
-def batch_distances(metrics, images, pairs):
-    """{config: [distances (N,) per pair]} for one batch of `images` ({name: tensor}).
+def batch_distances(metrics, images, pairs, by_layer=False):
+    """{config: [distances (N,) per pair]} for one batch of `images` ({name: tensor}); with `by_layer`,
+    each extraction point's distances (N, L) instead (`DistanceMetric.compare_layers`).
 
     `metrics` maps configurations to the DistanceMetric holding their weights, all sharing
     one FeatureExtractor: each image goes through it once and its views are made once,
@@ -381,7 +456,7 @@ def batch_distances(metrics, images, pairs):
     """
     views = {name: metrics_views(metrics, images[name])
              for name in dict.fromkeys(name for pair in pairs for name in pair)}
-    return compare_views(metrics, views, pairs)
+    return compare_views(metrics, views, pairs, by_layer)
 
 
 def metrics_views(metrics, x):
@@ -390,8 +465,9 @@ def metrics_views(metrics, x):
     return feature_metric.views(feature_metric.features(x), list(dict.fromkeys(config[:2] for config in metrics)))
 
 
-def compare_views(metrics, views, pairs):
-    """{config: [distances (N,) per pair]} between precomputed views ({name: `metrics_views`})."""
+def compare_views(metrics, views, pairs, by_layer=False):
+    """{config: [distances (N,), or (N, L) `by_layer`, per pair]} between precomputed views ({name:
+    `metrics_views`})."""
     feature_metric, groups = _shared_feature_metric(metrics), {}
     for config, metric in metrics.items():
         points = config_points(config)
@@ -401,8 +477,9 @@ def compare_views(metrics, views, pairs):
     distances = {config: [None] * len(pairs) for config in metrics}
     for metric, positions, group in groups.values():
         for i, (a, b) in enumerate(pairs):
-            found = metric.compare(select_points(views[a], positions), select_points(views[b], positions),
-                                   [config[:2] for config in group])
+            compare = metric.compare_layers if by_layer else metric.compare
+            found = compare(select_points(views[a], positions), select_points(views[b], positions),
+                            [config[:2] for config in group])
             for config in group:
                 distances[config][i] = found[config[:2]]
     return distances

@@ -1,5 +1,5 @@
-"""Shared fixtures: random-initialised backbone weights under a temporary TORCH_HOME, generated
-BAPPS trees, and a counter of the images each backbone sees.
+"""Shared fixtures: random-initialised backbone weights under a temporary TORCH_HOME, the lpips package's
+models on them, generated BAPPS trees, and a counter of the images each backbone sees.
 
 The weights are written once per test session with torchvision's file names, so the code
 under test finds them exactly where it would find downloaded ImageNet weights. The BAPPS
@@ -8,7 +8,7 @@ trees are synthetic (`dataset_collector.write_synthetic`), each written once per
 import pytest
 
 from dataset_collector import write_synthetic
-from helpers import ForwardCounter, write_random_weights
+from helpers import LPIPS_PACKAGE, ForwardCounter, lpips_reference, removed_compare_ssim, write_random_weights
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +16,27 @@ def weights_home(tmp_path_factory):
     """A TORCH_HOME folder holding random weights for alex, squeeze and vgg: {net: path of its file, "home": it}."""
     home = tmp_path_factory.mktemp("torch_home")
     return {**write_random_weights(home), "home": str(home)}
+
+
+@pytest.fixture(scope="session")
+def lpips_models(weights_home):
+    """`lpips_models(net, kind)`: the lpips package's model on the random backbone weights, kind "v0.1",
+    "v0.0" or "baseline" (`helpers.LPIPS_PACKAGE`), each built once per session (tests must not change it)."""
+    models = {}
+
+    def model(net, kind="v0.1"):
+        if (net, kind) not in models:
+            models[net, kind] = lpips_reference(net, weights_home[net], **LPIPS_PACKAGE[kind])
+        return models[net, kind]
+
+    return model
+
+
+@pytest.fixture
+def lpips_ssim(monkeypatch):
+    """lpips.DSSIM runnable: `skimage.measure.compare_ssim`, which it calls, put back for one test."""
+    import skimage.measure
+    monkeypatch.setattr(skimage.measure, "compare_ssim", removed_compare_ssim, raising=False)
 
 
 @pytest.fixture

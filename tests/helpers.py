@@ -141,6 +141,30 @@ def lpips_reference(net, path, **kwargs):
     return model
 
 
+def lpips_spatial(model, in0, in1):
+    """What lpips.LPIPS(spatial=True) returns, from a model built without it: LPIPS's constructor only stores
+    the flag, which its forward reads, so one model serves both (vgg is slow to build)."""
+    model.spatial = True
+    try:
+        return model(in0, in1)
+    finally:
+        model.spatial = False
+
+
+# how lpips.LPIPS is built ({} for v0.1) for each configuration of DistanceMetric that equals it
+LPIPS_PACKAGE = {"v0.1": {}, "v0.0": {"version": "0.0"}, "baseline": {"lpips": False}}
+LPIPS_EQUIVALENT = {"v0.1": {"lin": True, "normalize": "lpips", "lpips_weights": "official"},
+                    "v0.0": {"lin": True, "normalize": "signed", "lpips_weights": "official-v0.0"},
+                    "baseline": {"normalize": "lpips"}}
+
+
+def removed_compare_ssim(im1, im2, data_range=None, multichannel=False):
+    """`skimage.measure.compare_ssim`, which lpips.dssim calls and scikit-image removed, by today's name
+    (the `lpips_ssim` fixture puts it in place)."""
+    from skimage.metrics import structural_similarity
+    return structural_similarity(im1, im2, data_range=data_range, channel_axis=-1 if multichannel else None)
+
+
 # ---------------------------------------------------------------- BAPPS scoring references
 
 SETS = [("2afc", s, ("ref", "p0", "p1"), "judge")

@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 import distance
-from helpers import (HEADER, PAIRED, assert_close, fill, lpips_reference, picture, read_csv_rows,
-                     run_distance, save_picture)
+import image_stream
+from helpers import (HEADER, LPIPS_LAYERS, PAIRED, assert_close, fill, load_white, lpips_reference, picture,
+                     read_csv_rows, run_distance, save_picture)
 from image_io import load_image
 from metric import ALL_CONFIGS, DistanceMetric
 
@@ -50,11 +51,11 @@ def test_two_files_all_configs_table_equals_all_methods(torch_home, folders, cap
     path0, path1 = (os.path.join(folder, "sub/b.png") for folder in folders)
     code, out, _ = run_distance([path0, path1, "--all-configs"], capsys)
     lines = out.strip().splitlines()
-    assert code == 0 and lines[0].split() == ["method", "channel_norm", "distance"] and len(lines) == 11
+    assert code == 0 and lines[0].split() == ["net", "method", "channel_norm", "distance"] and len(lines) == 11
     expected = DistanceMetric("alex").all_methods(loaded(path0), loaded(path1))
     for line, (method, norm) in zip(lines[1:], ALL_CONFIGS):
-        shown_method, shown_norm, value = line.split()
-        assert (shown_method, shown_norm) == (method, str(norm).lower())
+        net, shown_method, shown_norm, value = line.split()
+        assert (net, shown_method, shown_norm) == ("alex", method, str(norm).lower())
         assert_close(torch.tensor([float(value)]), expected[method, norm], rtol=1e-6)
 
 
@@ -75,6 +76,98 @@ def test_official_lpips_over_two_folders_equals_the_lpips_package(torch_home, tm
             theirs = package(x0, x1).flatten()
         assert_close(torch.tensor([float(row[2])]), theirs)
         assert row[3:] == ["alex", "1-4-7-9-11", "lin", "spatial", "true", "lpips"]
+
+
+def test_lpips_v0_0_on_two_files_equals_the_lpips_package_v0_0(torch_home, lpips_models, folders, capsys):
+    path0, path1 = (os.path.join(folder, "sub/b.png") for folder in folders)
+    code, out, _ = run_distance([path0, path1, "--variant", "lin", "--lpips-weights", "official-v0.0",
+                                 "--normalize", "signed", "--net", "squeeze"], capsys)
+    x0, x1 = (lpips.im2tensor(np.array(Image.open(path).convert("RGB"))) for path in (path0, path1))
+    with torch.no_grad():
+        theirs = lpips_models("squeeze", "v0.0")(x0, x1).flatten()
+    assert code == 0
+    assert_close(torch.tensor([float(out)]), theirs)
+
+
+PIXEL_MODELS = {"l2": lpips.L2, "ssim": lpips.DSSIM}
+
+
+def lpips_pixel_distance(net, colorspace, path0, path1):
+    """lpips.L2 or lpips.DSSIM of two files, read as LPIPS's BAPPS loader feeds them (ToTensor's x / 255, then
+    Normalize(0.5, 0.5), that is 2x - 1), transparency over white."""
+    x0, x1 = (load_white(path) for path in (path0, path1))
+    return PIXEL_MODELS[net](use_gpu=False, colorspace=colorspace)(2 * x0 - 1, 2 * x1 - 1).item()
+
+
+@pytest.mark.parametrize("colorspace", ("Lab", "RGB"))
+def test_pixel_metrics_beside_a_network_over_two_folders_equal_lpips_l2_and_dssim(
+        torch_home, lpips_ssim, folders, tmp_path, capsys, colorspace):
+    out = tmp_path / "pairs.csv"
+    flags = [] if colorspace == "Lab" else ["--colorspace", "RGB"]  # Lab is the default
+    code, summary, _ = run_distance([*folders, "--net", "l2", "alex", "ssim", *flags, "--out", out], capsys)
+    rows = read_csv_rows(out)
+    assert code == 0 and rows[0] == HEADER and len(rows) == 1 + 3 * len(PAIRED)
+    assert [row[3] for row in rows[1:4]] == ["l2", "alex", "ssim"]
+    for row in rows[1:]:
+        paths = [os.path.join(folder, row[0]) for folder in folders]
+        if row[3] == "alex":
+            assert_close(torch.tensor([float(row[2])]), DistanceMetric()(*map(loaded, paths)), rtol=1e-6)
+            continue
+        assert row[4:] == ["-", "-", "-", "-", colorspace.lower()]
+        # 9 significant digits print a float32 exactly; DSSIM in RGB is float64 inside, within 1e-9 of LPIPS's
+        assert float(row[2]) == pytest.approx(lpips_pixel_distance(row[3], colorspace, *paths), rel=1e-6)
+    lines = summary.splitlines()
+    assert "distance mean ± standard deviation" in lines[0] and [line.split()[0] for line in lines[1:4]] == [
+        "l2", "alex", "ssim"]
+
+
+def test_pixel_metrics_on_two_files_and_all_pairs(torch_home, lpips_ssim, folders, capsys):
+    pair = [os.path.join(folder, "a.png") for folder in folders]
+    code, out, _ = run_distance([*pair, "--net", "ssim"], capsys)
+    assert code == 0 and float(out) == pytest.approx(lpips_pixel_distance("ssim", "Lab", *pair), rel=1e-6)
+    code, out, _ = run_distance([*pair, "--net", "l2", "squeeze"], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 3 and lines[1].split()[:3] == ["l2", "-", "-"]
+    assert float(lines[1].split()[3]) == pytest.approx(lpips_pixel_distance("l2", "Lab", *pair), rel=1e-6)
+    code, out, _ = run_distance(["--all-pairs", folders[0], "--net", "l2", "alex", "--batch-size", "4"], capsys)
+    rows = read_csv_rows(out)
+    n = len(PAIRED) + 1
+    assert code == 0 and len(rows) == 1 + 2 * n and [row[-6] for row in rows[1::n]] == ["l2", "alex"]
+    names = rows[0][1: n + 1]
+    for i, j in ((0, 1), (2, 5), (4, 3)):
+        paths = [os.path.join(folders[0], names[k]) for k in (i, j)]
+        assert float(rows[1 + i][1 + j]) == pytest.approx(lpips_pixel_distance("l2", "Lab", *paths), rel=1e-6)
+        assert_close(torch.tensor([float(rows[1 + n + i][1 + j])]), DistanceMetric()(*map(loaded, paths)),
+                     rtol=1e-6)
+
+
+def test_layer_columns_equal_layer_distances_and_sum_to_the_distance(torch_home, folders, tmp_path, capsys):
+    out = tmp_path / "pairs.csv"
+    code, _, _ = run_distance([*folders, "--net", "alex", "squeeze", "l2", "--method", "spatial+sort",
+                               "--layer-columns", "--out", out], capsys)
+    rows = read_csv_rows(out)
+    points = [1, 4, 7, 9, 10, 11, 12]  # alex's 1 4 7 9 11 and squeeze's 1 4 7 9 10 11 12
+    assert code == 0 and rows[0] == HEADER + [f"d_{p}" for p in points]
+    names = sorted(PAIRED)  # the order of the rows; all pairs in one batch, as here (float32 depends on the batch)
+    x0, x1 = (torch.cat([loaded(os.path.join(folder, name)) for name in names]) for folder in folders)
+    for net in ("alex", "squeeze", "l2"):
+        mine = [row for row in rows[1:] if row[3] == net]
+        assert [row[0] for row in mine] == names
+        cells = [dict(zip(points, row[len(HEADER):])) for row in mine]
+        if net == "l2":
+            assert {value for row in cells for value in row.values()} == {"-"}
+            continue
+        assert all((row[p] == "-") == (p not in LPIPS_LAYERS[net]) for row in cells for p in points)
+        got = torch.tensor([[float(row[p]) for p in LPIPS_LAYERS[net]] for row in cells])
+        assert_close(got, DistanceMetric(net, method="spatial+sort").layer_distances(x0, x1), rtol=1e-6)
+        assert_close(torch.tensor([float(row[2]) for row in mine]), got.double().sum(1), rtol=1e-6)
+    pair = [os.path.join(folder, "a.png") for folder in folders]
+    code, printed, _ = run_distance([*pair, "--layer-columns"], capsys)  # one configuration: a table all the same
+    header, line = printed.strip().splitlines()
+    columns = ["net", "method", "channel_norm", "distance", "d_1", "d_4", "d_7", "d_9", "d_11"]
+    assert code == 0 and header.split() == columns
+    assert_close(torch.tensor([[float(v) for v in line.split()[4:]]]),
+                 DistanceMetric().layer_distances(*map(loaded, pair)), rtol=1e-6)
 
 
 def test_folders_pair_by_relative_path_and_report_unpaired_files(torch_home, folders, tmp_path, capsys):
@@ -119,7 +212,8 @@ def test_all_configs_over_folders_one_row_per_pair_and_configuration(torch_home,
 
 def test_worker_processes_give_the_same_rows(torch_home, folders, capsys):
     _, threaded, _ = run_distance([*folders, "--batch-size", "2"], capsys)
-    _, workers, _ = run_distance([*folders, "--batch-size", "3", "--num-workers", "1"], capsys)
+    # the same batches: the backbone's float32 results may differ in the last bit between batch sizes
+    _, workers, _ = run_distance([*folders, "--batch-size", "2", "--num-workers", "1"], capsys)
     assert read_csv_rows(threaded) == read_csv_rows(workers)
 
 
@@ -212,6 +306,9 @@ def test_metric_errors_reach_the_user_as_one_line(folders, tmp_path, monkeypatch
     (["a.png", "b.png", "--plot"], "--plot"),
     (["a.png", "b.png", "--net", "resnet9000"], "unknown network"),
     (["a.png", "b.png", "--size", "0"], "argument --size: must be at least 1, got 0"),
+    (["--all-pairs", "dir", "--layer-columns"], "--layer-columns adds columns to the rows of pairs"),
+    (["a.png", "b.png", "--variant", "lin"], "official-v0.0 (LPIPS v0.0)"),
+    (["a.png", "b.png", "--net", "alex", "l3"], "unknown network"),
 ])
 def test_flag_errors_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -247,7 +344,7 @@ def test_prefetched_hands_on_items_and_errors():
 
     seen = []
     with pytest.raises(ValueError, match="decoder broke"):
-        for item in distance.prefetched(failing()):
+        for item in image_stream.prefetched(failing()):
             seen.append(item)
     assert seen == [0, 1, 2]
 

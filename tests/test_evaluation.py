@@ -103,6 +103,25 @@ def test_official_lpips_equals_lpips_package_scores(torch_home, bapps, tmp_path,
     assert_scores_equal(values(rows), expected_scores(bapps, lambda x: [x], compare))
 
 
+def test_lpips_v0_0_rows_equal_the_package_v0_0_and_stay_apart_from_v0_1(
+        torch_home, bapps_tree, tmp_path, lpips_models):
+    bapps, lin = bapps_tree(n_2afc=2, n_jnd=4), ["--net", "alex", "--variant", "lin"]
+    assert run_experiment([*lin, "--normalize", "signed", "--lpips-weights", "official-v0.0"], bapps, tmp_path) == 0
+    assert run_experiment([*lin, "--normalize", "lpips", "--lpips-weights", "official", "--splits", "jnd"], bapps,
+                          tmp_path) == 0
+    model = lpips_models("alex", "v0.0")
+
+    def compare(f0, f1):
+        with torch.no_grad():
+            return {("spatial", True): model(2 * f0[0] - 1, 2 * f1[0] - 1).flatten()}
+
+    rows = read_results_csv(tmp_path)
+    kinds = {(r["normalize"], r["weights"].split(" lin=")[1].split("@")[0]) for r in rows}
+    assert kinds == {("signed", "official-v0.0:alex.pth"), ("lpips", "official:alex.pth")}
+    assert_scores_equal(values(rows, normalize="signed"), expected_scores(bapps, lambda x: [x], compare))
+    assert {r["dataset"] for r in rows if r["normalize"] == "lpips"} == {"jnd"}
+
+
 def test_each_image_goes_through_each_network_once(torch_home, bapps, tmp_path, forwards):
     assert run_experiment(["--net", "alex", "squeeze", "--method", "all", "--channel-norm", "both", *LIMIT], bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == forwards.images["squeeze", "eval"] == IMAGES_PER_NET

@@ -1,6 +1,6 @@
-"""feature_map.py: image choice, the PNGs it writes, channel grids and the per-pixel distance map."""
+"""feature_map.py: image choice, the PNGs it writes, channel grids (its distance map is
+`DistanceMetric.distance_map`, tested in test_metric.py)."""
 import builtins
-import math
 import os
 import subprocess
 import sys
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import feature_map
-from helpers import cli_error, lpips_reference
-from metric import METHODS, DistanceMetric
+from helpers import cli_error
+from metric import DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
@@ -70,13 +70,21 @@ def test_run_writes_one_grid_per_layer_and_prints_the_paths(torch_home, folder, 
     assert len(shown) == 5
 
 
-def test_compare_writes_the_distance_map(torch_home, folder, tmp_path, capsys):
+def test_compare_writes_the_distance_map(torch_home, folder, tmp_path, capsys, monkeypatch):
+    drawn, real = [], DistanceMetric.distance_map
+
+    def spy(self, *args):
+        drawn.append(args[2:])
+        return real(self, *args)
+
+    monkeypatch.setattr(DistanceMetric, "distance_map", spy)  # the metric's own map, not a copy of its own
     out = tmp_path / "maps"
     feature_map.main(["--path", str(folder / "y/dots.png"), "--network", "squeezenet", "--out", str(out),
                       "--compare", str(folder / "x/3ring_gray.png"), "--method", "spatial+sort",
                       "--channel-norm", "off"])
     printed = capsys.readouterr().out.split()
     assert len(printed) == 7 + 1 and printed[-1] == str(out / "dots_vs_3ring_gray_squeeze_spatial+sort_raw.png")
+    assert drawn == [("spatial+sort", False)]
     with Image.open(printed[-1]) as picture:
         assert picture.format == "PNG"
 
@@ -153,36 +161,3 @@ def test_channel_mosaic_stretches_each_channel_and_caps_the_count():
     assert (tiles[1] == 0).all() and np.isnan(tiles[3]).all()
     assert tiles[2].min() == 0 and tiles[2].max() == 1
     assert np.isnan(grid[2]).all() and np.isnan(grid[:, 3]).all()
-
-
-def test_spatial_map_equals_lpips_spatial_output(torch_home):
-    x0, x1 = images(0), images(1)
-    ours = DistanceMetric("alex", normalize="lpips")
-    theirs = lpips_reference("alex", torch_home["alex"], lpips=False, spatial=True)
-    with torch.no_grad():
-        expected = theirs(2 * x0 - 1, 2 * x1 - 1)[:, 0]
-        got = feature_map.distance_map(ours, x0, x1, "spatial", True)
-    assert got.shape == (1, SIZE, SIZE)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("channel_norm", (True, False))
-def test_mean_map_is_constant_and_equals_the_metric(torch_home, channel_norm):
-    x0, x1 = images(2), images(3)
-    metric = DistanceMetric("squeeze", method="mean", channel_norm=channel_norm)
-    with torch.no_grad():
-        dmap = feature_map.distance_map(metric, x0, x1, "mean", channel_norm)
-        value = metric(x0, x1)
-    torch.testing.assert_close(dmap, value.view(1, 1, 1).expand(1, SIZE, SIZE), rtol=1e-5, atol=0)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_identical_images_give_a_zero_map_and_different_ones_do_not(torch_home, method):
-    metric = DistanceMetric("alex")
-    x0, x1 = images(4), images(5)
-    with torch.no_grad():
-        same = feature_map.distance_map(metric, x0, x0.clone(), method, True)
-        other = feature_map.distance_map(metric, x0, x1, method, True)
-    assert same.abs().max() == 0 and other.min() > 0
-    assert math.isclose(other.mean().item(), metric.distance(metric.features(x0), metric.features(x1),
-                                                             method, True).item(), rel_tol=0.05)

@@ -39,6 +39,15 @@ def test_lpips_entry_equals_the_lpips_package(torch_home):
         assert_close(ours, lpips_reference("alex", torch_home["alex"])(2 * x0 - 1, 2 * x1 - 1).flatten())
 
 
+def test_lpips_entry_v0_0_equals_the_lpips_package_v0_0(torch_home, lpips_models):
+    x0, x1 = images(28), images(29)
+    with torch.no_grad():
+        ours = hub("lpips", net="squeeze", version="0.0")(x0, x1)
+        assert_close(ours, lpips_models("squeeze", "v0.0")(2 * x0 - 1, 2 * x1 - 1).flatten())
+    with pytest.raises(ValueError, match="unknown LPIPS version '0.2'; expected one of 0.1, 0.0"):
+        hub("lpips", version="0.2")
+
+
 @pytest.mark.parametrize("entry, kwargs", [("dps", {"method": "spatial+sort"}), ("lpips", {})])
 def test_autocast_bfloat16_keeps_float32_distances(torch_home, entry, kwargs):
     metric = hub(entry, net="alex", **kwargs)

@@ -1,8 +1,10 @@
-"""DistanceMetric against an independent plain-torch reference and against the lpips package."""
+"""DistanceMetric against an independent plain-torch reference and against the lpips package (LPIPS v0.1 and
+v0.0, the baseline, their spatial maps and per-layer terms)."""
 import pytest
 import torch
 
-from helpers import LPIPS_LAYERS, NETS, assert_close, images, lpips_reference, reference_distance, reference_features
+from helpers import (LPIPS_EQUIVALENT, LPIPS_LAYERS, NETS, assert_close, images, lpips_reference, lpips_spatial,
+                     reference_distance, reference_features)
 from loss_networks import FeatureExtractor, WeightsUnavailableError
 from metric import ALL_CONFIGS, METHODS, DistanceMetric
 
@@ -240,3 +242,116 @@ def test_half_precision_activations_are_compared_in_float32(torch_home):
     big = [torch.full((1, 4, 2, 2), 1000.0, dtype=torch.float16)]
     (view,) = metric.views(big, [("spatial", True)])["spatial", True]
     assert view.dtype == torch.float32 and torch.allclose(view, torch.full_like(view, 0.5))
+
+
+# ---------------------------------------------------------------- LPIPS v0.0, spatial maps, per-layer terms
+
+
+def assert_gradients_close(ours, theirs):
+    """Gradients equal to 1e-5 of the largest (elementwise relative fails where a gradient is near 0)."""
+    assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+
+
+def leaves(*xs):
+    return [x.clone().requires_grad_() for x in xs]
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_lpips_v0_0_values_and_gradients_equal_lpips_package(torch_home, lpips_models, net):
+    x0, x1 = images(30, size=32), images(31, size=32)
+    ours, theirs = DistanceMetric(net, **LPIPS_EQUIVALENT["v0.0"]), lpips_models(net, "v0.0")
+    (a,), (b,) = leaves(x0), leaves(x0)
+    d, e = ours(a, x1), theirs(2 * b - 1, 2 * x1 - 1).flatten()
+    assert_close(d, e)
+    (d * torch.tensor([1.0, 2.0])).sum().backward()
+    (e * torch.tensor([1.0, 2.0])).sum().backward()
+    assert_gradients_close(a.grad, b.grad)
+    with torch.no_grad():  # v0.0 is another metric than v0.1: the comparison can tell them apart
+        assert not torch.allclose(e, lpips_models(net)(2 * x0 - 1, 2 * x1 - 1).flatten(), rtol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ("v0.1", "v0.0", "baseline"))
+@pytest.mark.parametrize("net", NETS)
+def test_distance_maps_and_their_gradients_equal_lpips_spatial(torch_home, lpips_models, net, kind):
+    x0, x1 = images(32, size=32), images(33, size=32)
+    ours, theirs = DistanceMetric(net, **LPIPS_EQUIVALENT[kind]), lpips_models(net, kind)
+    (a,), (b,) = leaves(x0), leaves(x0)
+    got, expected = ours.distance_map(a, x1), lpips_spatial(theirs, 2 * b - 1, 2 * x1 - 1)
+    assert got.shape == expected.shape == (2, 1, 32, 32)
+    assert_close(got, expected)
+    got[:, :, 8:20, 4:12].sum().backward()
+    expected[:, :, 8:20, 4:12].sum().backward()
+    assert_gradients_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_layer_distances_equal_lpips_ret_per_layer(torch_home, lpips_models, net):
+    x0, x1 = images(34, size=32), images(35, size=32)
+    for kind in ("v0.1", "baseline"):
+        ours, theirs = DistanceMetric(net, **LPIPS_EQUIVALENT[kind]), lpips_models(net, kind)
+        (a,), (b,) = leaves(x0), leaves(x0)
+        got = ours.layer_distances(a, x1)
+        value, per_layer = theirs(2 * b - 1, 2 * x1 - 1, retPerLayer=True)
+        assert got.shape == (2, len(LPIPS_LAYERS[net]))
+        assert_close(got, torch.cat([term.flatten(1) for term in per_layer], 1))
+        assert torch.equal(got.sum(1), ours(x0, x1))  # the metric is the sum of its columns
+        got[:, 1].sum().backward()
+        per_layer[1].sum().backward()
+        assert_gradients_close(a.grad, b.grad)
+
+
+def test_layer_distances_of_every_configuration_equal_plain_torch_per_layer(torch_home):
+    """A column is one extraction point's distance; for spatial+sort and spatial+mean both parts at it."""
+    x0, x1 = images(36, size=32), images(37, size=32)
+    both = reference_features("alex", torch_home["alex"], torch.cat([x0, x1]))
+    f0, f1 = [f[:2] for f in both], [f[2:] for f in both]
+    metric = DistanceMetric("alex")
+    for method, norm in ALL_CONFIGS:
+        got = metric.layer_distances(x0, x1, method, norm)
+        expected = torch.stack([reference_distance([a], [b], method, norm) for a, b in zip(f0, f1)], 1)
+        assert_close(got, expected)
+        assert torch.equal(got.sum(1), metric.distance(metric.features(x0), metric.features(x1), method, norm))
+
+
+def test_spatial_plus_mean_map_adds_both_parts_maps(torch_home):
+    """Each part with its own (here random) linear weights, as in a metric of that part alone."""
+    x0, x1 = images(38), images(39)
+    generator = torch.Generator().manual_seed(0)
+    both = DistanceMetric("alex", method="spatial+mean", lin=True)
+    parts = {part: DistanceMetric("alex", method=part, lin=True) for part in ("spatial", "mean")}
+    with torch.no_grad():
+        for part, alone in parts.items():
+            for mine, its in zip(both.lins[part], alone.lins[part]):
+                mine.model[1].weight.copy_(torch.rand(mine.model[1].weight.shape, generator=generator))
+                its.model[1].weight.copy_(mine.model[1].weight)
+        expected = parts["spatial"].distance_map(x0, x1) + parts["mean"].distance_map(x0, x1)
+        assert_close(both.distance_map(x0, x1), expected)
+
+
+@pytest.mark.parametrize("channel_norm", (True, False))
+def test_mean_map_is_constant_and_equals_the_metric(torch_home, channel_norm):
+    x0, x1 = images(2, n=1), images(3, n=1)
+    metric = DistanceMetric("squeeze", method="mean", channel_norm=channel_norm)
+    with torch.no_grad():
+        dmap = metric.distance_map(x0, x1)
+        value = metric(x0, x1)
+    torch.testing.assert_close(dmap, value.view(1, 1, 1, 1).expand(1, 1, 48, 48), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identical_images_give_a_zero_map_and_different_ones_do_not(torch_home, method):
+    metric = DistanceMetric("alex")
+    x0, x1 = images(4, n=1), images(5, n=1)
+    with torch.no_grad():
+        same = metric.distance_map(x0, x0.clone(), method, True)
+        other = metric.distance_map(x0, x1, method, True)
+        value = metric.distance(metric.features(x0), metric.features(x1), method, True)
+    assert same.shape == other.shape == (1, 1, 48, 48)
+    assert same.abs().max() == 0 and other.min() > 0
+    assert other.mean().item() == pytest.approx(value.item(), rel=0.05)
+
+
+def test_a_lin_metric_maps_only_its_own_method(torch_home):
+    metric = DistanceMetric("alex", lin=True, lpips_weights="official")
+    with pytest.raises(ValueError, match="linear weights for 'spatial' only, not 'sort'"):
+        metric.distance_map(images(0), images(1), method="sort")

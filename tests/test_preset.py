@@ -102,6 +102,8 @@ def test_per_layer_lin_takes_weights_for_one_point(torch_home, bapps, tmp_path, 
     (["--preset", "paper", "--net", "resnet34"], "--preset paper has no resnet34"),
     (["--net", "resnet50", "--variant", "lin", "--lpips-weights", "official"], "not for resnet50"),
     (["--net", "alex", "--layers", "1", "4", "--variant", "lin", "--lpips-weights", "official"], "at 1-4"),
+    (["--net", "vgg16_bn", "--variant", "lin", "--lpips-weights", "official-v0.0"], "official-v0.0 holds LPIPS's"),
+    (["--net", "vgg", "--layers", "3", "8", "--variant", "lin", "--lpips-weights", "official-v0.0"], "at 3-8"),
     (["--random-init", "--variant", "lin", "--train"], "--variant scratch"),
 ])
 def test_network_flags_that_cannot_run_are_usage_errors(args, message, capsys):
