@@ -8,7 +8,7 @@ trees are synthetic (`dataset_collector.write_synthetic`), each written once per
 import pytest
 
 from dataset_collector import write_synthetic
-from helpers import LPIPS_PACKAGE, ForwardCounter, lpips_reference, removed_compare_ssim, write_random_weights
+from helpers import LPIPS_PACKAGE, ForwardCounter, lpips_reference, write_random_weights
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +34,12 @@ def lpips_models(weights_home):
 
 @pytest.fixture
 def lpips_ssim(monkeypatch):
-    """lpips.DSSIM runnable: `skimage.measure.compare_ssim`, which it calls, put back for one test."""
+    """lpips.DSSIM runnable: `skimage.measure.compare_ssim`, which it calls and scikit-image removed, put back
+    (as `pixel_metrics.compare_ssim`, today's structural_similarity) for one test."""
     import skimage.measure
-    monkeypatch.setattr(skimage.measure, "compare_ssim", removed_compare_ssim, raising=False)
+
+    from pixel_metrics import compare_ssim
+    monkeypatch.setattr(skimage.measure, "compare_ssim", compare_ssim, raising=False)
 
 
 @pytest.fixture

@@ -158,13 +158,6 @@ LPIPS_EQUIVALENT = {"v0.1": {"lin": True, "normalize": "lpips", "lpips_weights":
                     "baseline": {"normalize": "lpips"}}
 
 
-def removed_compare_ssim(im1, im2, data_range=None, multichannel=False):
-    """`skimage.measure.compare_ssim`, which lpips.dssim calls and scikit-image removed, by today's name
-    (the `lpips_ssim` fixture puts it in place)."""
-    from skimage.metrics import structural_similarity
-    return structural_similarity(im1, im2, data_range=data_range, channel_axis=-1 if multichannel else None)
-
-
 # ---------------------------------------------------------------- BAPPS scoring references
 
 SETS = [("2afc", s, ("ref", "p0", "p1"), "judge")

@@ -2,14 +2,13 @@
 and `experiment.py --net l2 ssim` against lpips's scoring of those models' values.
 
 lpips.DSSIM calls `skimage.measure.compare_ssim`, which scikit-image removed; the
-`lpips_ssim` fixture puts `pixel_metrics.compare_ssim` (today's
+`lpips_ssim` fixture (conftest.py) puts `pixel_metrics.compare_ssim` (today's
 `structural_similarity(..., channel_axis=-1)`) under that name, so the lpips code path
 itself runs.
 """
 import lpips
 import numpy as np
 import pytest
-import skimage.measure
 import torch
 from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
@@ -17,15 +16,10 @@ from skimage.metrics import structural_similarity
 import pixel_metrics
 from experiment import main
 from helpers import expected_scores, read_results_csv, run_experiment
-from pixel_metrics import (COLORSPACES, PIXEL_METRICS, PixelMetric, compare_ssim, rgb8_to_lab, rgb_ssim, rgb_ssim_stats,
+from pixel_metrics import (COLORSPACES, PIXEL_METRICS, PixelMetric, rgb8_to_lab, rgb_ssim, rgb_ssim_stats,
                            ssim, ssim_stats, to_8bit, window_sums)
 
 LPIPS_MODELS = {"l2": lpips.L2, "ssim": lpips.DSSIM}
-
-
-@pytest.fixture
-def lpips_ssim(monkeypatch):
-    monkeypatch.setattr(skimage.measure, "compare_ssim", compare_ssim, raising=False)
 
 
 def pairs(n=6, size=32, seed=0):
