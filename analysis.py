@@ -3,6 +3,7 @@
     python analysis.py                      # 3 nets x 5 methods x 2 channel norms over images/
     python analysis.py --net alex --method spatial sort --channel-norm on --device cpu
     python analysis.py --net resnet50 --layers 2 4 5 7      # any torchvision net of the registry
+    python analysis.py --sweep translate rotate invert stain  # graded sweeps: ratio against magnitude
 
 Every case of `IMAGE_DIR/manifest.csv` (`category,image,variant,rule`, paths relative
 to IMAGE_DIR) is a question with a known answer: is the variant (a rotation, a shift,
@@ -30,6 +31,22 @@ outputs as they were):
 - `summary.csv`, `summary.md`: rows net, method, channel norm; one column per category
   and `total`, each cell `successes/cases`.
 - `summary.png`: the same table as a heat map (success rate), each cell labelled.
+
+`--sweep translate rotate invert stain` runs graded sweeps instead (`sweeps.py`): every original
+image of the manifest transformed at a series of magnitudes (`NAME=M1,M2,...` chooses them), for
+every net, method and channel norm the distance to the original divided by the original's median
+distance to the references (1: as far as an unrelated image), into
+
+- `sweep_<NAME>.csv`: one row per image, configuration and magnitude, columns
+  `transform,magnitude,image,net,layers,method,channel_norm,weights,distance,median_ref_distance,
+  min_ref_distance,ratio,closer_than_refs,tolerance`; `tolerance` is the image's largest
+  magnitude up to which every transformed image is closer than every reference (empty: not even
+  magnitude 0, an original equal to a reference);
+- `sweep_<NAME>.png`: the mean ratio over the images against the magnitude, a panel per net, a
+  line per method and channel norm (the median tolerance over the images in its label), the
+  line ratio = 1 drawn;
+
+and prints the median tolerances. They too are written all or nothing.
 
 Backbone weights: torchvision's ImageNet weights from `$TORCH_HOME/hub/checkpoints`
 (downloaded when missing and online), or from `--weights-dir DIR` holding files with
@@ -351,7 +368,7 @@ def sweep_figure(transform, rows, refs):
     nets = list(dict.fromkeys(row["net"] for row in rows))
     images = len({row["image"] for row in rows})
     tolerances = sweep_tolerances(rows)
-    fig = Figure(figsize=(5.4 * len(nets), 6.2), layout="constrained")
+    fig = Figure(figsize=(max(7.5, 5.4 * len(nets)), 6.4), layout="constrained")
     axes = fig.subplots(1, len(nets), squeeze=False)[0]
     colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     for ax, net in zip(axes, nets):
@@ -369,15 +386,16 @@ def sweep_figure(transform, rows, refs):
                     linestyle="-" if norm else "--", label=label)
             top = max(top, *means)
         ax.axhline(1, color="black", linewidth=1, linestyle=":", label="ratio 1: as far as an unrelated image")
-        ax.set_title(f"{net} (points {next(r['layers'] for r in rows if r['net'] == net)})", fontsize=10)
+        first = next(r for r in rows if r["net"] == net)
+        ax.set_title(f"{net}, points {first['layers']}\nweights {first['weights']}", fontsize=9)
         ax.set_xlabel(transform.axis)
         ax.set_ylabel("d(original, transformed) / median d(original, reference)")
         ax.set_ylim(0, 1.08 * top)
         ax.legend(fontsize=7, title="method, channel norm (tolerance)", title_fontsize=7, loc="upper center",
                   bbox_to_anchor=(0.5, -0.13), ncols=2, handlelength=3)
     fig.suptitle(f"{transform.name} sweep: mean over {images} image{'s' * (images > 1)}, {len(refs)} references\n"
-                 f"tolerance: the largest magnitude up to which an image stays closer than every reference (the "
-                 f"median over the images)", fontsize=9)
+                 f"tolerance: the largest magnitude up to which an image stays\ncloser than every reference (the median "
+                 f"over the images)", fontsize=9)
     return fig
 
 
