@@ -83,6 +83,8 @@ def average_precision(same_sorted):
 def map_interval(d, same):
     """(low, high): the interval of the JND mAP of distances `d` against judgements `same` (N,)."""
     d, same = np.asarray(d, dtype=np.float64), np.asarray(same, dtype=np.float64)
+    if not same.any():
+        return np.nan, np.nan  # no pair is the same: the mAP is undefined on every resample (metric.score_jnd)
     order = np.argsort(d, kind="stable")
     rank = np.empty(len(d), dtype=np.int64)
     rank[order] = np.arange(len(d))

@@ -406,7 +406,8 @@ def add_study_flags(parser):
     group = parser.add_argument_group(
         "robustness studies", f"Every score in results.csv comes with its interval (ci_low, ci_high): the {METHOD} "
         "(the same seed on every run, so the same examples give the same interval); the table shows value ± the "
-        "interval's half-width on its farther side.")
+        "interval's half-width on its farther side, a mean over subsplits ± their half-widths added in quadrature "
+        "over their number.")
     group.add_argument("--shift", nargs="+", type=int, metavar="N",
                        help="the n-pixel shift study of ST-LPIPS on the 2AFC val subsplits, for N in 1..3: p0 and p1 "
                             f"cropped to the columns [N, W-{SHIFT_OFFSET}+N), the reference to [0, W-{SHIFT_OFFSET})"

@@ -3,6 +3,7 @@ bootstrap intervals, the paired comparison and the saved distances."""
 import contextlib
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,9 @@ def test_intervals_shrink_as_one_over_the_root_of_the_examples():
         assert map_low <= score_jnd(torch.tensor(d), torch.tensor(same)) <= map_high
         assert (map_low, map_high) == map_interval(d, same)
         map_widths.append(map_high - map_low)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pair the same: an undefined mAP, quietly
+        assert all(math.isnan(bound) for bound in map_interval(d, np.zeros(len(d))))
     assert widths[0] / widths[1] == pytest.approx(4, rel=0.2)  # sqrt(4800 / 300)
     assert map_widths[0] / map_widths[1] == pytest.approx(4, rel=0.25)
 
