@@ -5,7 +5,8 @@ measurement and value (`result_key`): the configuration, the examples and the we
 computed with, so a result is reused only for the same work. A file written before a column
 existed is read with that column's meaning for old rows (`OLD_FILE_DEFAULTS`) and rewritten with
 it; a damaged line is an error naming the file and the line, and the file is left as it was.
-`results_table` lays the rows out as the LPIPS paper does (configurations x subsplits).
+`results_table` lays the rows out as the LPIPS paper does (configurations x subsplits, then the
+shift study's columns), each value ± the half-width of its bootstrap interval (`ci_low`, `ci_high`).
 """
 import csv
 import hashlib
