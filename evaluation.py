@@ -152,10 +152,11 @@ def missing_work(results_file, run, configs, sets, overwrite=False, distances_di
     """[(BappsSet, configs missing there)] of `sets`: what `results_file` lacks for `run`.
 
     A configuration counts as done only when computed on the same examples (their number and
-    identity) with the same weights (`run`'s columns) and, given `distances_dir`, when its
-    distances are saved there too; `overwrite` counts nothing as done.
+    identity) with the same weights (`run`'s columns), with its interval (a row written before
+    intervals is computed again to gain one) and, given `distances_dir`, when its distances are
+    saved there too; `overwrite` counts nothing as done.
     """
-    done = set() if overwrite else {result_key(row) for row in read_results(results_file)}
+    done = set() if overwrite else {result_key(row) for row in read_results(results_file) if row["ci_low"] != ""}
     todo = []
     for bapps_set in sets:
         missing = [config for config in configs if result_key(config_row(run, config, bapps_set)) not in done

@@ -264,6 +264,18 @@ def test_a_run_whose_distances_are_saved_computes_nothing_and_one_without_them_d
         counter.remove()
 
 
+def test_a_row_without_interval_is_computed_again_to_gain_one(torch_home, bapps, tmp_path):
+    args = ["--splits", "jnd", "--subsplits", "cnn"]
+    assert run_experiment(args, bapps, tmp_path) == 0
+    (row,) = read_results_csv(tmp_path)
+    header, line = (tmp_path / "results.csv").read_text().splitlines()
+    line = line.replace(f",{row['ci_low']},{row['ci_high']},", ",,,")
+    (tmp_path / "results.csv").write_text(f"{header}\n{line}\n")
+    assert read_results_csv(tmp_path)[0]["ci_low"] == ""  # as a run before intervals wrote it
+    assert run_experiment(args, bapps, tmp_path) == 0
+    assert read_results_csv(tmp_path) == [row]
+
+
 def test_shift_flags_that_cannot_run_are_usage_errors(capsys):
     from experiment import main
     for args, message in ((["--shift", "4"], "shifts go from 1 to 3"),
