@@ -3,6 +3,7 @@
     python analysis.py                      # 3 nets x 5 methods x 2 channel norms over images/
     python analysis.py --net alex --method spatial sort --channel-norm on --device cpu
     python analysis.py --net resnet50 --layers 2 4 5 7      # any torchvision net of the registry
+    python analysis.py --sweep translate rotate invert stain  # graded sweeps: ratio against magnitude
 
 Every case of `IMAGE_DIR/manifest.csv` (`category,image,variant,rule`, paths relative
 to IMAGE_DIR) is a question with a known answer: is the variant (a rotation, a shift,
@@ -31,6 +32,22 @@ outputs as they were):
   and `total`, each cell `successes/cases`.
 - `summary.png`: the same table as a heat map (success rate), each cell labelled.
 
+`--sweep translate rotate invert stain` runs graded sweeps instead (`sweeps.py`): every original
+image of the manifest transformed at a series of magnitudes (`NAME=M1,M2,...` chooses them), for
+every net, method and channel norm the distance to the original divided by the original's median
+distance to the references (1: as far as an unrelated image), into
+
+- `sweep_<NAME>.csv`: one row per image, configuration and magnitude, columns
+  `transform,magnitude,image,net,layers,method,channel_norm,weights,distance,median_ref_distance,
+  min_ref_distance,ratio,closer_than_refs,tolerance`; `tolerance` is the image's largest
+  magnitude up to which every transformed image is closer than every reference (empty: not even
+  magnitude 0, an original equal to a reference);
+- `sweep_<NAME>.png`: the mean ratio over the images against the magnitude, a panel per net, a
+  line per method and channel norm (the median tolerance over the images in its label), the
+  line ratio = 1 drawn;
+
+and prints the median tolerances. They too are written all or nothing.
+
 Backbone weights: torchvision's ImageNet weights from `$TORCH_HOME/hub/checkpoints`
 (downloaded when missing and online), or from `--weights-dir DIR` holding files with
 torchvision's names (`alexnet-owt-7be5be79.pth`, ...), or random (`--random-init`, from
@@ -39,8 +56,10 @@ torchvision's names (`alexnet-owt-7be5be79.pth`, ...), or random (`--random-init
 import argparse
 import csv
 import io
+import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from collections import Counter
@@ -52,9 +71,11 @@ from tqdm import tqdm
 
 from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg,
                  network_name, positive_int, preflight, requested_configs, run_main, write_atomic)
+import sweeps
 from image_io import image_files, load_image
 from loss_networks import LPIPS_NETS, check_layers, layers_text
 from metric import METHODS
+from results import weights_identity
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
 RESULT_COLUMNS = ("net", "layers", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
@@ -261,9 +282,7 @@ def plot_summary(columns, table):
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.xaxis.tick_top()
     fig.colorbar(image, ax=ax, label="successes / cases")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def analyse(image_dir, nets, configs, size=None, device="cpu", backbones=Backbones(), batch_size=16, layers=None):
@@ -294,7 +313,12 @@ def write_outputs(out, rows, refs):
         markdown.encode(),
         plot_summary(columns, table),
     )))
-    # all or nothing: every file is written in full beside the outputs before any output is replaced
+    return write_files(out, contents), markdown
+
+
+def write_files(out, contents):
+    """Write {name: bytes} into `out` all or nothing: every file in full beside the outputs before any output is
+    replaced. Returns their paths."""
     os.makedirs(out, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".analysis-", dir=out)
     try:
@@ -304,7 +328,128 @@ def write_outputs(out, rows, refs):
             os.replace(os.path.join(staging, name), os.path.join(out, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [os.path.join(out, name) for name in contents], markdown
+    return [os.path.join(out, name) for name in contents]
+
+
+# ---------------------------------------------------------------- graded sweeps
+
+SWEEP_COLUMNS = ("transform", "magnitude", "image", "net", "layers", "method", "channel_norm", "weights", "distance",
+                 "median_ref_distance", "min_ref_distance", "ratio", "closer_than_refs", "tolerance")
+
+
+def sweep_rows(run, configs, magnitudes, found):
+    """One row per image, configuration and magnitude of one net's `sweeps.sweep` result; `run` holds the
+    transform, net, layers and weights."""
+    rows = []
+    for image, result in found.items():
+        for method, norm in configs:
+            distances, refs = result.distances[method, norm], result.ref_distances[method, norm]
+            middle, tolerance = statistics.median(refs), sweeps.tolerance(magnitudes, distances, refs)
+            rows += [dict(run, magnitude=m, image=image, method=method, channel_norm=norm, distance=d,
+                          median_ref_distance=middle, min_ref_distance=min(refs), ratio=d / middle,
+                          closer_than_refs=d < min(refs), tolerance=tolerance)
+                     for m, d in zip(magnitudes, distances)]
+    return rows
+
+
+def sweep_tolerances(rows):
+    """{(net, method, channel_norm): the lower median over the images of their tolerances}, "none" (below every
+    magnitude: an original equal to a reference) counting as the smallest."""
+    per_image = {}
+    for row in rows:
+        per_image.setdefault((row["net"], row["method"], row["channel_norm"]), {})[row["image"]] = row["tolerance"]
+    return {config: sorted(found.values(), key=lambda t: -math.inf if t is None else t)[(len(found) - 1) // 2]
+            for config, found in per_image.items()}
+
+
+def sweep_figure(transform, rows, refs):
+    """The mean ratio over the images against the magnitude, a panel per net, a line per method and channel norm
+    (its tolerance in the legend), the line ratio = 1 drawn and labelled."""
+    nets = list(dict.fromkeys(row["net"] for row in rows))
+    images = len({row["image"] for row in rows})
+    tolerances = sweep_tolerances(rows)
+    fig = Figure(figsize=(max(7.5, 5.4 * len(nets)), 6.4), layout="constrained")
+    axes = fig.subplots(1, len(nets), squeeze=False)[0]
+    colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    for ax, net in zip(axes, nets):
+        curves = {}
+        for row in (r for r in rows if r["net"] == net):
+            curves.setdefault((row["method"], row["channel_norm"]), {}).setdefault(row["magnitude"], []).append(
+                row["ratio"])
+        top = 1.0
+        for (method, norm), points in curves.items():
+            tolerance = tolerances[net, method, norm]
+            shown = "none" if tolerance is None else tolerance
+            label = f"{method}, {'norm' if norm else 'no norm'} (tolerance {shown})"
+            means = [statistics.fmean(v) for v in points.values()]
+            ax.plot(list(points), means, marker="o", markersize=3, color=colours[method],
+                    linestyle="-" if norm else "--", label=label)
+            top = max(top, *means)
+        ax.axhline(1, color="black", linewidth=1, linestyle=":", label="ratio 1: as far as an unrelated image")
+        first = next(r for r in rows if r["net"] == net)
+        ax.set_title(f"{net}, points {first['layers']}\nweights {first['weights']}", fontsize=9)
+        ax.set_xlabel(transform.axis)
+        ax.set_ylabel("d(original, transformed) / median d(original, reference)")
+        ax.set_ylim(0, 1.08 * top)
+        ax.legend(fontsize=7, title="method, channel norm (tolerance)", title_fontsize=7, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.13), ncols=2, handlelength=3)
+    fig.suptitle(f"{transform.name} sweep: mean over {images} image{'s' * (images > 1)}, {len(refs)} references\n"
+                 f"tolerance: the largest magnitude up to which an image stays\ncloser than every reference (the median "
+                 f"over the images)", fontsize=9)
+    return fig
+
+
+def png_bytes(fig, dpi=120):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def sweep_summary(sweeps_done):
+    """Markdown: the tolerance of each configuration (rows) under each transformation (columns)."""
+    names = [transform.name for transform, _ in sweeps_done]
+    found = [sweep_tolerances(rows) for _, rows in sweeps_done]
+    configs = list(dict.fromkeys(config for tolerances in found for config in tolerances))
+    body = [[net, method, str(norm).lower(), *(str(t.get((net, method, norm))).replace("None", "none") for t in found)]
+            for net, method, norm in configs]
+    return markdown_table(["net", "method", "channel_norm", *(f"{n} tolerance" for n in names)], body)
+
+
+def run_sweeps(args, configs):
+    """--sweep: every original image of the manifest under each transformation, for every net and configuration;
+    OUT/sweep_<transform>.csv and .png written all or nothing at the end."""
+    chosen = [sweeps.parse_sweep(text) for text in args.sweep]
+    outputs = [f"sweep_{t.name}.{ext}" for t, _ in chosen for ext in ("csv", "png")]
+    check_writable(args.out, outputs)
+    cases = read_manifest(args.image_dir)
+    refs = find_refs(args.image_dir, cases)
+    if not refs:
+        raise AnalysisError(f"the sweeps divide by the distance to reference images: put some in "
+                            f"{os.path.join(args.image_dir, REF_FOLDER)}")
+
+    def load(paths):
+        return {path: load_image(os.path.join(args.image_dir, path), args.size) for path in paths}
+
+    originals, references = load(dict.fromkeys(case.image for case in cases)), load(refs)
+    backbones, nets = Backbones.from_flags(args), list(dict.fromkeys(args.net))
+    preflight(nets, backbones)
+    done = [(transform, []) for transform, _ in chosen]
+    for net in nets:
+        metric = build_metric(net, backbones, args.device, args.layers)
+        for (transform, magnitudes), (_, rows) in zip(chosen, done):
+            found = sweeps.sweep(metric, configs, originals, references, transform, magnitudes, args.device,
+                                 args.batch_size, desc=f"{net} {transform.name}")
+            run = {"transform": transform.name, "net": net, "layers": layers_text(metric.net.layers),
+                   "weights": weights_identity(net, backbones.file(net), random_seed=args.seed)}
+            rows += sweep_rows(run, configs, magnitudes, found)
+    contents = {}
+    for transform, rows in done:
+        contents[f"sweep_{transform.name}.csv"] = csv_text(SWEEP_COLUMNS, [[r[c] for c in SWEEP_COLUMNS]
+                                                                           for r in rows]).encode()
+        contents[f"sweep_{transform.name}.png"] = png_bytes(sweep_figure(transform, rows, references), dpi=110)
+    paths = write_files(args.out, contents)
+    print(sweep_summary(done), end="")
+    print("wrote " + ", ".join(paths))
 
 
 def parse_args(argv=None):
@@ -331,11 +476,20 @@ def parse_args(argv=None):
                         help="images per backbone pass (default: 16; lower it if memory runs short)")
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--sweep", nargs="+", metavar="NAME[=M,...]",
+                        help="graded sweeps instead of the manifest's cases: every original image of the manifest "
+                             "transformed at a series of magnitudes, its distance to the original divided by the "
+                             "original's median distance to the references, into OUT/sweep_<NAME>.csv and .png; "
+                             "NAME: " + "; ".join(f"{t.name} ({t.axis}, default {','.join(map(str, t.magnitudes))})"
+                                                  for t in sweeps.TRANSFORMS.values())
+                             + "; NAME=M1,M2,... sets the magnitudes (0 is always added)")
     add_weights_flags(parser)
     args = parser.parse_args(argv)
     try:
         for net in args.net:
             check_layers(net, args.layers)
+        for text in args.sweep or ():
+            sweeps.parse_sweep(text)
     except ValueError as err:
         parser.error(str(err))
     return args
@@ -344,6 +498,8 @@ def parse_args(argv=None):
 def run(args):
     """The analysis the flags ask for: outputs checked writable first, written all or nothing at the end."""
     configs = requested_configs(args.method, args.channel_norm)
+    if args.sweep:
+        return run_sweeps(args, configs)
     check_writable(args.out, OUTPUTS)
     rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
                          Backbones.from_flags(args), args.batch_size, args.layers)

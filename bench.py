@@ -23,6 +23,7 @@ side is timed --pixel-repeats times, alternating, and its minimum reported.
     python bench.py                      # alex, B=50, 64x64, CPU
     python bench.py --net alex squeeze vgg --size 256 --device cuda --json
     python bench.py --end-to-end 100     # + experiment.py's evaluation, all ten vs one configuration
+    python bench.py --shift 100          # + the 2AFC evaluation with --shift 1 2 3 vs without
     python bench.py --pixel 1000         # + L2 and DSSIM on 1,000 triplets, ours vs lpips's batch-size-1 path
     python bench.py --folder 600 --vgg512 16   # + distance.py (see below)
 
@@ -58,13 +59,16 @@ from PIL import Image
 import distance
 from cli import pick_device, positive_int
 from dataset_collector import write_synthetic
-from evaluation import PAIRS, bapps_sets, evaluate, make_loader
+from evaluation import PAIRS, bapps_sets, evaluate, evaluate_net, make_loader
 from image_io import load_image
 from loss_networks import LPIPS_NETS, build_classifier, canonical_net, checkpoint_path
 from metric import ALL_CONFIGS, COLORSPACES, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, batch_distances
 from pixel_metrics import PixelMetric, compare_ssim
+from results import run_columns
+from shift_study import shifted_images
 
-FOLDER_RUNS = 3  # runs of each folder contender and of each fresh process (the minimum is reported)
+SHIFTS = (1, 2, 3)  # --shift's study, as the README runs it
+FOLDER_RUNS = 3  # runs of each folder (and shift) contender and of each fresh process (the minimum is reported)
 OFFICIAL = ["--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips"]
 LPIPS_2IMGS = """\
 import sys
@@ -101,7 +105,11 @@ def parse_args(argv=None):
     parser.add_argument("--end-to-end", type=int, metavar="N", default=0,
                         help="also time the BAPPS evaluation of experiment.py (all ten configurations vs "
                              "spatial with channel norm) on a generated BAPPS tree of N examples per subsplit")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for --end-to-end")
+    parser.add_argument("--shift", type=int, metavar="N", default=0,
+                        help="also time the 2AFC val evaluation with experiment.py's --shift 1 2 3 against the plain "
+                             "one, on a generated tree of N triplets per subsplit, beside the backbone alone on the "
+                             "images each passes")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for --end-to-end and --shift")
     parser.add_argument("--pixel", type=int, metavar="N", default=0,
                         help="also time l2 and ssim (Lab, RGB) on N 2AFC triplets against lpips.L2 / lpips.DSSIM "
                              "one pair at a time (the README's numbers: --pixel 1000)")
@@ -195,13 +203,49 @@ def bench_end_to_end(net, args, device):
         for name, configs in metrics.items():
             next(iter(configs.values())).to(device)
             start = time.perf_counter()
-            for dataset, subsplit, data in sets:
-                evaluate(configs, make_loader(data, args.batch, args.num_workers, device), dataset, device,
-                         desc=f"{net} {name} {dataset}/{subsplit}")
+            for bapps_set in sets:
+                evaluate(configs, make_loader(bapps_set.data, args.batch, args.num_workers, device),
+                         bapps_set.dataset, device, desc=f"{net} {name} {bapps_set.dataset}/{bapps_set.subsplit}")
             seconds[name] = time.perf_counter() - start
-    examples = sum(len(data) for *_, data in sets)
+    examples = sum(len(bapps_set.data) for bapps_set in sets)
     return {"net": net, "examples": examples, "seconds": seconds,
             "ratio": seconds["all ten"] / seconds["spatial, norm on"]}
+
+
+def bench_shift(net, args, device):
+    """Seconds of the 2AFC val evaluation (`evaluation.evaluate_net`, startup excluded) plain and with --shift 1 2 3
+    (the plain scores and the study from one pass), beside the backbone alone on the images each needs."""
+    pretrained = os.path.isfile(checkpoint_path(net))
+    metric = DistanceMetric(net, pretrained=pretrained).to(device)
+    configs = [("spatial", True, tuple(metric.net.layers))]
+    studies = {"plain": (), "--shift 1 2 3": SHIFTS}
+    seconds, backbone = dict.fromkeys(studies, float("inf")), {}
+    with tempfile.TemporaryDirectory() as root:
+        write_synthetic(root, n_2afc=args.shift, parts=("val",))
+        sets = bapps_sets(root, splits=("val",), download=False)
+        for run in range(FOLDER_RUNS):  # alternating, each into a fresh results file, so that nothing is reused
+            for name, shifts in studies.items():
+                start = time.perf_counter()
+                evaluate_net(net, configs, sets, Path(root) / f"results{run}_{len(shifts)}.csv",
+                             run_columns(net, weights="-"), lambda needed: dict.fromkeys(needed, metric), device,
+                             args.batch, args.num_workers, shifts=shifts)
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
+        for name, shifts in studies.items():
+            backbone[name] = backbone_seconds(metric, sets, shifts, args, device)
+    return {"net": net, "triplets": sum(len(s.data) for s in sets), "seconds": seconds, "backbone": backbone,
+            "ratio": seconds["--shift 1 2 3"] / seconds["plain"],
+            "backbone_ratio": backbone["--shift 1 2 3"] / backbone["plain"]}
+
+
+def backbone_seconds(metric, sets, shifts, args, device):
+    """Seconds of the backbone alone on the images a 2AFC evaluation with `shifts` passes (loaded beforehand)."""
+    batches = []
+    for bapps_set in sets:
+        for batch in make_loader(bapps_set.data, args.batch, 0, device):
+            crops = list(shifted_images(batch, [0, *shifts]).values()) if shifts else []
+            batches += [x.to(device) for x in (batch["ref"], batch["p0"], batch["p1"], *crops)]
+    with torch.inference_mode():
+        return best_time(lambda: [metric.features(x) for x in batches], device, FOLDER_RUNS, 1) / 1000
 
 
 def pixel_triplet_distances(metric, ref, p0, p1, batch):
@@ -452,10 +496,11 @@ def main(argv=None):
     nets = [canonical_net(net) for net in args.net]
     rows = [bench_net(net, args, device) for net in nets]
     end_to_end = [bench_end_to_end(net, args, device) for net in nets] if args.end_to_end else []
+    shift = [bench_shift(net, args, device) for net in nets] if args.shift else []
     pixel = bench_pixel(args) if args.pixel else []
     folder, vgg512 = bench_distance(args, device) if args.folder or args.vgg512 else (None, None)
     if args.json:
-        print(json.dumps({"batch": rows, "end_to_end": end_to_end, "pixel": pixel, "folder": folder,
+        print(json.dumps({"batch": rows, "end_to_end": end_to_end, "shift": shift, "pixel": pixel, "folder": folder,
                           "vgg512": vgg512}, indent=2))
         return
     print(markdown(rows))
@@ -469,6 +514,12 @@ def main(argv=None):
         print(f"\nend to end, {row['net']}, {row['examples']} BAPPS examples: "
               + ", ".join(f"{name} {s:.1f} s" for name, s in row["seconds"].items())
               + f"; ratio {row['ratio']:.2f}")
+    for row in shift:
+        print(f"\nshift study, {row['net']}, {row['triplets']} 2AFC triplets: "
+              + ", ".join(f"{name} {s:.1f} s" for name, s in row["seconds"].items())
+              + f"; ratio {row['ratio']:.2f} (the backbone alone on the images each passes: "
+              + ", ".join(f"{name} {s:.1f} s" for name, s in row["backbone"].items())
+              + f"; ratio {row['backbone_ratio']:.2f})")
     if folder or vgg512:
         print(distance_report(folder, vgg512))
 

@@ -31,6 +31,9 @@ import torch
 from cli import (CHANNEL_NORMS, Backbones, add_weights_flags, build_metrics, pick_device, preflight, requested_configs,
                  run_main)
 from bapps_archives import SUBSPLITS, retry_settings
+from bootstrap import METHOD
+from distance_files import FOLDER as DISTANCES_FOLDER
+from distance_files import compare_2afc, comparison_report, config_label, distances_folder, find_config
 from evaluation import BAPPS_SETS, bapps_sets, evaluate_net, net_configs
 from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, PRESET, canonical_net, check_layers,
                            default_layers, layers_text, load_state_dict_file)
@@ -38,6 +41,7 @@ from metric import (ALL_CONFIGS, COLORSPACES, INITS, METHODS, NORMALIZATIONS, NO
                     OFFICIAL_VERSIONS, PARTS, PIXEL_METRICS, TRAINED_VARIANTS, VARIANTS, DistanceMetric, LinearLayer,
                     channel_normalize, check_images, official_lpips_path, score_2afc, score_jnd)
 from results import report, results_path, results_table, run_columns, weights_identity  # noqa: F401
+from shift_study import SHIFT_OFFSET, check_shifts
 
 PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
 TRAINING_NAMES = ("RankingHead", "lr_factor", "LPIPSTraining", "version_dir", "save_lpips_weights",
@@ -66,6 +70,7 @@ def build_parser():
     add_weights_flags(parser, seed_help="the seed of --random-init's weights and of training (version k: "
                                         "seed + k)")
     add_training_flags(parser)
+    add_study_flags(parser)
     return parser
 
 
@@ -190,6 +195,7 @@ def check_args(args):
                          "or --train")
     check_training_args(args)
     check_network_args(args)
+    check_study_args(args)
     valid = [s for split in args.splits for s in SUBSPLITS[BAPPS_SETS[split][1]]]
     unknown = [s for s in args.subsplits or () if s not in valid]
     if unknown:
@@ -307,20 +313,25 @@ def evaluate_flags(net, args, sets, device, configs, version=0, lpips_weights=No
     """
     lpips_weights = args.lpips_weights if lpips_weights is None else lpips_weights
     backbones = Backbones.from_flags(args)
-    if net in PIXEL_METRICS:
-        weights = None
-    elif args.variant == "scratch":  # trained from a random backbone, each version from its own seed
-        weights = weights_identity(net, None, lpips_weights, random_seed=args.seed + version)
-    else:
-        weights = weights_identity(net, backbones.file(net), lpips_weights, random_seed=args.seed)
-    run = run_columns(net, args.variant, args.colorspace if net in PIXEL_METRICS else args.normalize, version,
-                      args.limit, weights)
+    run = flag_run_columns(net, args, version, lpips_weights)
     if build is None:
         def build(needed):
             return build_metrics(net, args.variant, needed, args.normalize, lpips_weights, backbones,
                                  colorspace=args.colorspace)
     evaluate_net(net, configs, sets, results_path(args.out), run, build, device, args.batch_size, args.num_workers,
-                 args.overwrite)
+                 args.overwrite, shifts=args.shift or (), distances_dir=saved_distances_dir(args))
+
+
+def flag_run_columns(net, args, version=0, lpips_weights=None):
+    """The columns every results row of `net` shares under the flags (`results.run_columns`)."""
+    if net in PIXEL_METRICS:
+        weights = None
+    elif args.variant == "scratch":  # trained from a random backbone, each version from its own seed
+        weights = weights_identity(net, None, lpips_weights, random_seed=args.seed + version)
+    else:
+        weights = weights_identity(net, Backbones.from_flags(args).file(net), lpips_weights, random_seed=args.seed)
+    return run_columns(net, args.variant, args.colorspace if net in PIXEL_METRICS else args.normalize, version,
+                       args.limit, weights)
 
 
 def train_net(training, net, args, sets, device):
@@ -385,6 +396,77 @@ def run(args):
                            version=weights_version(args.lpips_weights))
     if not args.train or training.is_global_zero():
         report(args.out)
+    if args.compare:
+        print(compare_flags(args, sets))
+
+
+# ---------------------------------------------------------------- robustness studies
+
+
+def add_study_flags(parser):
+    """--shift, --save-distances, --compare: the shift study, every example's distances, paired comparisons."""
+    group = parser.add_argument_group(
+        "robustness studies", f"Every score in results.csv comes with its interval (ci_low, ci_high): the {METHOD} "
+        "(the same seed on every run, so the same examples give the same interval); the table shows value ± the "
+        "interval's half-width on its farther side, a mean over subsplits ± their half-widths added in quadrature "
+        "over their number.")
+    group.add_argument("--shift", nargs="+", type=int, metavar="N",
+                       help="the n-pixel shift study of ST-LPIPS on the 2AFC val subsplits, for N in 1..3: p0 and p1 "
+                            f"cropped to the columns [N, W-{SHIFT_OFFSET}+N), the reference to [0, W-{SHIFT_OFFSET})"
+                            " (all rows kept); rows with dataset shift<N> (shift0: the cropped baseline, always "
+                            "computed) and measures score, accuracy and, from N = 1, rank_flips (the fraction of "
+                            "triplets whose d0 < d1 differs from shift 0); the table adds the mean 2AFC at each "
+                            "shift and the mean rank-flip rate. E.g. --shift 1 2 3")
+    group.add_argument("--save-distances", action="store_true",
+                       help="also keep every example's distances, per configuration and set, in "
+                            f"OUT/{DISTANCES_FOLDER}/<configuration>/<dataset>_<subsplit>_<data>.npz (numpy arrays "
+                            "d0, d1, judge for 2AFC and shift sets, d, same for JND, in the examples' order; "
+                            "np.load reads them); a configuration whose distances are not saved yet is computed "
+                            "again")
+    group.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                       help="after the evaluation, the paired comparison of two of this run's configurations on "
+                            "the 2AFC val subsplits: B's mean 2AFC minus A's with its paired (stratified) bootstrap "
+                            "interval and p-value; A and B name a configuration by its net, layers, method and "
+                            "cn or nocn joined by '/', as far as needed to tell it apart (e.g. --method spatial "
+                            "spatial+sort --compare spatial spatial+sort; alex/nocn vgg/cn); implies "
+                            "--save-distances")
+
+
+def check_study_args(args):
+    """Raise ValueError, saying the fix, for study flags that cannot run."""
+    if args.shift is not None:
+        check_shifts(args.shift)
+    if (args.shift or args.compare) and "val" not in args.splits:
+        raise ValueError(f"--{'shift' if args.shift else 'compare'} works on the 2AFC val subsplits: add val to "
+                         f"--splits")
+    if args.compare:
+        if args.train:
+            raise ValueError("--compare compares evaluated configurations: train first, then compare the trained "
+                             "versions in runs with --lpips-weights OUT/<experiment>/version_K/lin.pth")
+        for spec in args.compare:
+            find_config(spec, compared_candidates(args))
+
+
+def saved_distances_dir(args):
+    """Where --save-distances (and --compare) keep the distances; None without them."""
+    return distances_folder(args.out) if args.save_distances or args.compare else None
+
+
+def compared_candidates(args):
+    """[(net, config)] of every configuration of the run, as --compare names them."""
+    configs = requested_configs(args.method, args.channel_norm)
+    return [(net, config) for net in args.net
+            for config in net_configs(net, configs, args.points[net], args.per_layer)]
+
+
+def compare_flags(args, sets):
+    """The --compare report, from the saved distances of the two configurations."""
+    chosen = [find_config(spec, compared_candidates(args)) for spec in args.compare]
+    runs = [(flag_run_columns(net, args, weights_version(args.lpips_weights), args.lpips_weights), config)
+            for net, config in chosen]
+    twoafc = [bapps_set for bapps_set in sets if bapps_set.dataset == "2afc"]
+    comparison = compare_2afc(saved_distances_dir(args), *runs, twoafc)
+    return comparison_report(*(config_label(*c) for c in chosen), comparison)
 
 
 def main(argv=None):

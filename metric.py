@@ -374,19 +374,26 @@ def _as_vector(values):
     return torch.as_tensor(values).detach().flatten().cpu().double()
 
 
-def score_2afc(d0, d1, judge):
-    """Agreement with the human 2AFC judgements, LPIPS's definition: (score, accuracy) in [0, 1].
+def agreements_2afc(d0, d1, judge):
+    """Per triplet, float64 tensors (N,): the agreement with the people and whether the majority's choice was made.
 
-    `judge` is the fraction of people who found p1 closer to the reference. The score is
-    the mean of `(d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5` (a tie
-    agrees with half of the people); the accuracy the mean of `(d0 < d1) == (judge < 0.5)`.
+    `judge` is the fraction of people who found p1 closer to the reference. The agreement
+    is `(d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5` (a tie agrees with
+    half of the people); the second is `(d0 < d1) == (judge < 0.5)`. Their means are
+    `score_2afc`; the bootstrap resamples them.
     """
     d0, d1, judge = _as_vector(d0), _as_vector(d1), _as_vector(judge)
     if not len(d0) == len(d1) == len(judge) or len(d0) == 0:
         raise ValueError(f"score_2afc needs equally long, non-empty d0, d1, judge; got lengths "
                          f"{len(d0)}, {len(d1)}, {len(judge)}")
-    score = (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
-    accuracy = ((d0 < d1) == (judge < 0.5)).double()
+    agreement = (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
+    return agreement, ((d0 < d1) == (judge < 0.5)).double()
+
+
+def score_2afc(d0, d1, judge):
+    """Agreement with the human 2AFC judgements, LPIPS's definition: (score, accuracy) in [0, 1], the means of
+    `agreements_2afc`."""
+    score, accuracy = agreements_2afc(d0, d1, judge)
     return score.mean().item(), accuracy.mean().item()
 
 

@@ -5,11 +5,13 @@ measurement and value (`result_key`): the configuration, the examples and the we
 computed with, so a result is reused only for the same work. A file written before a column
 existed is read with that column's meaning for old rows (`OLD_FILE_DEFAULTS`) and rewritten with
 it; a damaged line is an error naming the file and the line, and the file is left as it was.
-`results_table` lays the rows out as the LPIPS paper does (configurations x subsplits).
+`results_table` lays the rows out as the LPIPS paper does (configurations x subsplits, then the
+shift study's columns), each value ± the half-width of its bootstrap interval (`ci_low`, `ci_high`).
 """
 import csv
 import hashlib
 import io
+import math
 import os
 import re
 import statistics
@@ -20,6 +22,7 @@ from bapps_archives import SUBSPLITS
 from loss_networks import DEFAULT_LAYERS, NETWORKS, layers_text
 from metric import (METHODS, NORMALIZATIONS, NOT_APPLICABLE, OFFICIAL_VERSIONS, PIXEL_METRICS, VARIANTS,
                     official_lpips_path)
+from shift_study import shift_dataset, shift_of
 
 RESULT_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize", "version",
                   "dataset", "subsplit", "measure", "value", "n", "limit", "weights", "ci_low", "ci_high", "data")
@@ -33,8 +36,13 @@ OLD_FILE_DEFAULTS = {"layers": lambda row: layers_text(DEFAULT_LAYERS.get(row["n
 TABLE_KEY = ("net", "layers", "variant", "method", "channel_norm", "normalize", "limit", "data", "weights")
 TABLE_ORDER = {"net": (*PIXEL_METRICS, *NETWORKS), "variant": VARIANTS, "method": METHODS,
                "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
-TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
-              "a configuration with several trained versions shows mean ± standard deviation over them. "
+TABLE_NOTE = ("2AFC score, JND mAP and rank-flip rates (r_rf) in %. A value ± h: h is how far its 95% bootstrap "
+              "interval (results.csv's ci_low, ci_high) reaches from it on the farther side, so value ± h covers the "
+              "interval; a mean is over the subsplits present in its row, its h the subsplits' h added in "
+              "quadrature, sqrt(sum h_i^2) / k (they are independent samples). A configuration with several "
+              "trained versions shows mean ± standard deviation over them instead. shift<n> 2AFC, shift<n> r_rf: "
+              "the n-pixel shift study (experiment.py --shift), its mean 2AFC score at shift n (shift0: the "
+              "cropped baseline) and the mean share of triplets whose preference flips from shift 0 to shift n. "
               "examples: all, or the first N of each set (--limit); data: bapps, or synthetic for a tree written by "
               "dataset_collector.py --synthetic (random, meaningless scores); weights: the backbone file and the "
               "linear weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
@@ -106,9 +114,11 @@ def result_key(row):
 
 
 def score_rows(run, bapps_set, scores):
-    """results.csv rows for `evaluate`'s {config: {measure: value}} on one set."""
-    return [{**config_row(run, config, bapps_set), "measure": measure, "value": repr(value), "ci_low": "",
-             "ci_high": ""} for config, measures in scores.items() for measure, value in measures.items()]
+    """results.csv rows for {config: {measure: bootstrap.Estimate}} on one set (`evaluation.evaluate`'s scores)."""
+    return [{**config_row(run, config, bapps_set), "measure": measure, "value": repr(estimate.value),
+             "ci_low": "" if estimate.low is None else repr(estimate.low),
+             "ci_high": "" if estimate.high is None else repr(estimate.high)}
+            for config, measures in scores.items() for measure, estimate in measures.items()]
 
 
 def read_results(path):
@@ -177,18 +187,36 @@ def merge_rows(path, rows):
     write_atomic(path, text.getvalue())
 
 
-def _cell(values):
-    present = [v for v in values if v is not None]
+def _cell(estimates):
+    """A table cell: one version's value ± its interval's half-width, or several versions' mean ± standard
+    deviation; in %."""
+    present = [e for e in estimates if e is not None]
     if not present:
         return "–"
     if len(present) == 1:
-        return f"{100 * present[0]:.1f}"
-    return f"{100 * statistics.fmean(present):.1f} ± {100 * statistics.stdev(present):.1f}"
+        value, half = present[0]
+        return f"{100 * value:.2f}" + ("" if half is None else f" ± {100 * half:.2f}")
+    values = [value for value, _ in present]
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def _set_mean(run, dataset):
-    values = [value for (kind, _), value in run.items() if kind == dataset]
-    return statistics.fmean(values) if values else None
+def half_width(row):
+    """How far the interval of a row reaches from its value, on the farther side (None: no interval)."""
+    if row["ci_low"] == "" or row["ci_high"] == "":
+        return None
+    value = float(row["value"])
+    return max(value - float(row["ci_low"]), float(row["ci_high"]) - value)
+
+
+def _set_mean(run, dataset, measure):
+    """(mean over the subsplits present, its half-width) of one measure; the subsplits are independent samples,
+    so the half-widths add in quadrature: sqrt(sum h_i^2) / k (None if a subsplit has no interval)."""
+    found = [estimate for (kind, _, name), estimate in run.items() if (kind, name) == (dataset, measure)]
+    if not found:
+        return None
+    halves = [half for _, half in found]
+    half = None if None in halves else math.sqrt(sum(h * h for h in halves)) / len(found)
+    return statistics.fmean(value for value, _ in found), half
 
 
 def _table_order(config):
@@ -215,36 +243,58 @@ def table_cell(row, column):
     return row["data"].split(":")[0] if column == "data" else row[column]
 
 
+def table_measure(row):
+    """Whether the table shows `row`: 2AFC scores, JND mAPs, shift scores and rank flips."""
+    measures = ("score", "rank_flips") if shift_of(row["dataset"]) is not None else \
+        {"2afc": ("score",), "jnd": ("map",)}.get(row["dataset"], ())
+    return row["measure"] in measures
+
+
 def table_runs(rows):
-    """{table row key: [{(dataset, subsplit): value} per version]} of the scores and mAPs in `rows`.
+    """{table row key: [{(dataset, subsplit, measure): (value, half-width)} per version]} of the rows shown.
 
     Rows of different data (limit) or weights never share a table row; within a trained
     family (`weights_group`), a version evaluated with several files shows the latest.
     """
     runs, latest = {}, {}
-    for row in rows:
-        if (row["dataset"], row["measure"]) in (("2afc", "score"), ("jnd", "map")):
-            config = tuple(table_cell(row, column) for column in TABLE_KEY)
-            runs.setdefault(config, {}).setdefault((row["version"], row["weights"]), {})[
-                row["dataset"], row["subsplit"]] = float(row["value"])
-            latest.setdefault(config, {})[row["version"]] = row["weights"]
+    for row in filter(table_measure, rows):
+        config = tuple(table_cell(row, column) for column in TABLE_KEY)
+        runs.setdefault(config, {}).setdefault((row["version"], row["weights"]), {})[
+            row["dataset"], row["subsplit"], row["measure"]] = (float(row["value"]), half_width(row))
+        latest.setdefault(config, {})[row["version"]] = row["weights"]
     return {config: [runs[config][version, weights] for version, weights in latest[config].items()]
             for config in runs}
 
 
+def table_columns(runs):
+    """[(header, function of a version's run giving (value, half-width) or None)]: the six 2AFC val subsplits,
+    their mean, the JND mAP, and where there are shift rows the mean 2AFC at each shift and the mean rank-flip
+    rate at each shift from 1."""
+    columns = [(subsplit, lambda run, s=subsplit: run.get(("2afc", s, "score"))) for subsplit in SUBSPLITS["val"]]
+    columns += [("2AFC mean", lambda run: _set_mean(run, "2afc", "score")),
+                ("JND mAP", lambda run: _set_mean(run, "jnd", "map"))]
+    shifts = sorted({shift_of(dataset) for versions in runs.values() for run in versions for dataset, *_ in run}
+                    - {None})
+    columns += [(f"{shift_dataset(n)} 2AFC", lambda run, n=n: _set_mean(run, shift_dataset(n), "score"))
+                for n in shifts]
+    columns += [(f"{shift_dataset(n)} r_rf", lambda run, n=n: _set_mean(run, shift_dataset(n), "rank_flips"))
+                for n in shifts if n]
+    return columns
+
+
 def results_table(rows):
     """Markdown table, LPIPS-paper layout: a row per configuration, data and weights; the six 2AFC val
-    subsplits, their mean and the JND mAP (mean over the JND subsplits); versions as mean ± std."""
+    subsplits, their mean and the JND mAP (mean over the JND subsplits), then any shift study's columns; each
+    value ± the half-width of its 95% interval, versions as mean ± std."""
     runs = table_runs(rows)
+    columns = table_columns(runs)
     header = ["net", "layers", "variant", "method", "channel norm", "normalize", "examples", "data", "weights",
-              "versions",
-              *SUBSPLITS["val"], "2AFC mean", "JND mAP"]
+              "versions", *(name for name, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config in sorted(runs, key=_table_order):
         versions = runs[config]
-        columns = [[run.get(("2afc", subsplit)) for run in versions] for subsplit in SUBSPLITS["val"]]
-        columns += [[_set_mean(run, "2afc") for run in versions], [_set_mean(run, "jnd") for run in versions]]
-        lines.append("| " + " | ".join([*config, str(len(versions)), *map(_cell, columns)]) + " |")
+        cells = [_cell([value(run) for run in versions]) for _, value in columns]
+        lines.append("| " + " | ".join([*config, str(len(versions)), *cells]) + " |")
     return "\n".join(lines + ["", TABLE_NOTE]) + "\n"
 
 

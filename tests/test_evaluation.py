@@ -253,11 +253,11 @@ def test_table_aggregates_versions_and_marks_missing_cells():
     assert table.splitlines()[0].split(" | ")[10:] == ["traditional", "cnn", "superres", "deblur", "color",
                                                       "frameinterp", "2AFC mean", "JND mAP |"]
     cells = table_cells(table)
-    spread = f"{100 * statistics.stdev([0.5, 0.7]):.1f}"
+    spread = f"{100 * statistics.stdev([0.5, 0.7]):.2f}"
     assert cells[0] == ["alex", "1-2", "lin", "spatial", "true", "imagenet", "all", "bapps", "w.pth@00000000", "2",
-                        f"60.0 ± {spread}", "–", "–", "–", f"80.0 ± {spread}", "–", f"70.0 ± {spread}", "–"]
+                        f"60.00 ± {spread}", "–", "–", "–", f"80.00 ± {spread}", "–", f"70.00 ± {spread}", "–"]
     assert cells[1] == ["vgg", "1-2", "baseline", "spatial", "true", "imagenet", "all", "bapps", "w.pth@00000000", "1",
-                        "–", "80.0", "–", "–", "–", "–", "80.0", "55.0"]
+                        "–", "80.00", "–", "–", "–", "–", "80.00", "55.00"]
     assert len(cells) == 2
 
 
