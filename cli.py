@@ -55,6 +55,17 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def pick_device(name="auto"):
     """torch.device for --device: auto is cuda when there is one, else cpu; ValueError for any other kind
     (mps only where it is available) or a CUDA device this machine lacks."""
@@ -290,16 +301,22 @@ def atomic_open(path, mode="wb", **kwargs):
 
 
 @contextlib.contextmanager
-def locked(folder):
+def locked(folder, waiting=None):
     """Hold an exclusive advisory lock on `folder` (created if missing) while the block runs: another process
-    in `locked(folder)` waits. A no-op where the system has no flock (Windows)."""
+    in `locked(folder)` waits, after printing `waiting` (if given) on stderr. A no-op where the system has no
+    flock (Windows)."""
     os.makedirs(folder, exist_ok=True)
     if fcntl is None:
         yield
         return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                print(waiting, file=sys.stderr)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
         os.close(descriptor)  # closing releases the lock
