@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import experiment
-from bapps_archives import ARCHIVES, SUBSPLITS, DatasetError, fetch_part
+from bapps_archives import ARCHIVES, SUBSPLITS, DatasetError, DownloadError, fetch_part
 from cli import locked
 from dataset_collector import dataset_collector, main, write_synthetic
 from evaluation import bapps_sets
@@ -336,6 +337,16 @@ def test_a_second_run_on_one_root_waits_for_the_first(source, server, tmp_path, 
     assert codes == [0] and not server.state.requests
     out, err = capsys.readouterr()
     assert f"another run is fetching BAPPS into {root}: waiting" in err and "jnd: already present" in out
+
+
+def test_a_failed_attempt_is_one_short_line(tmp_path, capsys):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    with pytest.raises(DownloadError, match=r"could not download .*jnd.tar.gz \(Connection refused\)\. Check"):
+        fetch_part(tmp_path, "jnd", url=url, retries=1)
+    assert capsys.readouterr().err.splitlines() == [f"download of {url}jnd.tar.gz failed (Connection refused); "
+                                                    f"retry 1/1 in 0 s"]
 
 
 def test_missing_file_on_server_says_where_to_place_it(server, tmp_path, capsys):
