@@ -10,6 +10,7 @@ it; a damaged line is an error naming the file and the line, and the file is lef
 import csv
 import hashlib
 import io
+import math
 import os
 import re
 import statistics
@@ -35,6 +36,8 @@ TABLE_ORDER = {"net": (*PIXEL_METRICS, *NETWORKS), "variant": VARIANTS, "method"
                "channel_norm": ("true", "false"), "normalize": tuple(NORMALIZATIONS)}
 TABLE_NOTE = ("2AFC score and JND mAP in %. A mean is over the subsplits present in its row; "
               "a configuration with several trained versions shows mean ± standard deviation over them. "
+              "JND mAP is the mean over the JND subsplits that have a 'same' pair (the mAP of one without is "
+              "undefined, nan in results.csv; – when no subsplit has one). "
               "examples: all, or the first N of each set (--limit); data: bapps, or synthetic for a tree written by "
               "dataset_collector.py --synthetic (random, meaningless scores); weights: the backbone file and the "
               "linear weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
@@ -191,6 +194,12 @@ def _set_mean(run, dataset):
     return statistics.fmean(values) if values else None
 
 
+def _jnd_mean(run):
+    """The mean JND mAP over the subsplits where it is defined: a subsplit with no "same" pair has no
+    precision-recall curve (its mAP is nan in results.csv) and is left out rather than hide the others."""
+    return _set_mean({key: value for key, value in run.items() if not math.isnan(value)}, "jnd")
+
+
 def _table_order(config):
     return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER.get(column, ()) else
                   len(TABLE_ORDER.get(column, ())), _points_order(value) if column == "layers" else value)
@@ -243,7 +252,7 @@ def results_table(rows):
     for config in sorted(runs, key=_table_order):
         versions = runs[config]
         columns = [[run.get(("2afc", subsplit)) for run in versions] for subsplit in SUBSPLITS["val"]]
-        columns += [[_set_mean(run, "2afc") for run in versions], [_set_mean(run, "jnd") for run in versions]]
+        columns += [[_set_mean(run, "2afc") for run in versions], [_jnd_mean(run) for run in versions]]
         lines.append("| " + " | ".join([*config, str(len(versions)), *map(_cell, columns)]) + " |")
     return "\n".join(lines + ["", TABLE_NOTE]) + "\n"
 
