@@ -7,8 +7,10 @@ this module on first use.
 
 Each version lives in `OUT/<net>[_<points>]_<variant>_<method>_<cn|nocn>_<normalize>/version_K/`
 (`<points>`, such as `1-4-7-11`, when they are not the net's default extraction points):
-Lightning's `last.ckpt` (the whole module, trained backbone included) and `lin.pth`, the
-linear weights in the LPIPS file format. To reuse a trained metric:
+`training.json` (the settings and data it is trained with: it is resumed or reused only with
+those), Lightning's `last.ckpt` (the whole module, trained backbone included, and the random
+states that make a resumed training end as an uninterrupted one) and `lin.pth`, the linear
+weights in the LPIPS file format. To reuse a trained metric:
 
     DistanceMetric(net, method, channel_norm, lin=True, normalize=..., lpips_weights=".../lin.pth")  # lin
     LPIPSTraining.load_from_checkpoint(".../last.ckpt").metric    # any variant; images in [0, 1]
