@@ -10,7 +10,8 @@ to IMAGE_DIR) is a question with a known answer: is the variant (a rotation, a s
 an inversion, a global colour offset) closer to the image than every reference in
 `IMAGE_DIR/ref/` (rule `closer_than_refs`), or than another variant (rule
 `closer_than:<path>`)? The manifest is UTF-8 (a leading BOM, as Excel writes it, is
-fine); a case listed twice is an error. For each network every distinct image goes
+fine); a case listed twice (also under another spelling of its paths, such as `./a/x.png`) is an
+error, and so is a `closer_than:` rule naming the case's own variant. For each network every distinct image goes
 through the backbone once and each method's view of it is computed once; all
 configurations are compared from those views.
 
@@ -58,6 +59,7 @@ import csv
 import io
 import math
 import os
+import posixpath
 import shutil
 import statistics
 import sys
@@ -139,17 +141,29 @@ def check_case(path, image_dir, line, row):
     where = f"manifest {path}, line {line}"
     if None in row or None in row.values():
         raise AnalysisError(f"{where}: {row} does not have exactly the columns {','.join(MANIFEST_COLUMNS)}")
-    case = Case(line, *(row[c].strip() for c in MANIFEST_COLUMNS))
+    category, image, variant, rule = (row[c].strip() for c in MANIFEST_COLUMNS)
+    if rule.startswith(RULE_OTHER) and rule[len(RULE_OTHER):].strip():
+        rule = RULE_OTHER + manifest_path(rule[len(RULE_OTHER):])
+    case = Case(line, category, manifest_path(image), manifest_path(variant), rule)
     if not case.category:
         raise AnalysisError(f"{where}: empty category")
     if case.rule != RULE_REFS and not (case.other or "").strip():
         raise AnalysisError(f"{where}: unknown rule {case.rule!r}; expected {RULE_REFS} or "
                             f"{RULE_OTHER}<path of another variant>")
+    if case.other == case.variant:
+        raise AnalysisError(f"{where}: rule {case.rule!r} compares the variant {case.variant!r} with itself; "
+                            f"name another variant of {case.image!r}, or use {RULE_REFS}")
     for name in ("image", "variant", "other"):
         rel = getattr(case, name)
         if rel is not None and not os.path.isfile(os.path.join(image_dir, rel)):
             raise AnalysisError(f"{where}: {name} file {rel!r} not found at {os.path.join(image_dir, rel)}")
     return case
+
+
+def manifest_path(text):
+    """A manifest's path in one spelling (`./a/x.png`, `a//x.png` and `a/x.png` are one file), '/'-separated."""
+    text = text.strip()
+    return posixpath.normpath(text) if text else text
 
 
 def find_refs(image_dir, cases):

@@ -21,6 +21,9 @@ interrupted extraction leaves no part folder and is redone: a part is present ex
 its folder is (trees that still carry the ``.complete-<part>`` markers of earlier versions
 read as any other). A downloaded archive is deleted after extraction unless
 ``keep_archive``, and also when it cannot be extracted; one placed by hand is never deleted.
+``ROOT/<archive>.downloaded`` says which is which while the archive is there, so that an archive
+kept after a full disk stopped its extraction is still deleted once a later run extracted it. A
+file that cannot be written (a full disk) is an error naming it and the part.
 
 A part whose folder is on disk, in this layout or LPIPS's (``ROOT/2afc/{train,val}``,
 ``ROOT/jnd/val``), whoever extracted it, is used as it is: never fetched again, nothing
@@ -41,6 +44,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from image_io import FileError
+
 BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 ARCHIVES = {"train": "twoafc_train.tar.gz", "val": "twoafc_val.tar.gz", "jnd": "jnd.tar.gz"}
 SPLIT_OF_PART = {"train": "train", "val": "val", "jnd": "jnd/val"}
@@ -60,14 +65,20 @@ SPLIT_FOLDERS = {"train": ("train", "2afc/train"), "val": ("val", "2afc/val"), "
 GZIP_MAGIC = b"\x1f\x8b"
 TWOAFC_FOLDERS = {"images": ("ref", "p0", "p1"), "judgement": "judge"}
 JND_FOLDERS = {"images": ("p0", "p1"), "judgement": "same"}
+DOWNLOADED_NOTE = "The archive beside this file was downloaded by dataset_collector.py: it is deleted once extracted.\n"
 
 
-class DatasetError(OSError):
-    """A problem with BAPPS on disk or its download that the user has to act on."""
+class DatasetError(FileError):
+    """A problem with BAPPS on disk or its download that the user has to act on (its message survives
+    DataLoader workers: see `image_io.FileError`)."""
 
 
 class DownloadError(DatasetError):
     """A download that failed for good (after the retries)."""
+
+
+class DiskError(DatasetError):
+    """A file of the dataset that could not be written (a full disk, no permission)."""
 
 
 class UnsafeArchiveError(DatasetError):
@@ -120,15 +131,15 @@ def download(url, dest, retries=None, retry_delay=None):
         except _RETRYABLE as err:
             if attempt == retries:
                 raise DownloadError(
-                    f"could not download {url} ({err}). Check the network or the base URL "
+                    f"could not download {url} ({_reason(err)}). Check the network or the base URL "
                     f"(--url / $BAPPS_URL) and rerun to resume, or download the file by hand "
                     f"and place it at {dest}") from err
             wait = delay * 2 ** attempt
-            print(f"download of {url} failed ({err}); retry {attempt + 1}/{retries} "
+            print(f"download of {url} failed ({_reason(err)}); retry {attempt + 1}/{retries} "
                   f"in {wait:g} s", file=sys.stderr)
             time.sleep(wait)
         except requests.RequestException as err:
-            raise DownloadError(f"could not download {url} ({err}); check the base URL "
+            raise DownloadError(f"could not download {url} ({_reason(err)}); check the base URL "
                                 f"(--url / $BAPPS_URL)") from err
     with open(part, "rb") as f:
         head = f.read(64)
@@ -139,6 +150,23 @@ def download(url, dest, retries=None, retry_delay=None):
                             f"Check the base URL (--url / $BAPPS_URL), or download the file by hand and "
                             f"place it at {dest}")
     os.replace(part, dest)
+
+
+def _reason(err):
+    """A network error in a few words ("Connection refused", "timed out"): urllib3's own text, with
+    its connection pools and object addresses, runs to hundreds of characters."""
+    if isinstance(err, requests.Timeout):
+        return "timed out"
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
+    if match:
+        return match.group(1).strip()
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _disk_error(err, path, action, fix):
+    """DiskError naming `path`, for an OSError (a full disk, no permission) met while `action`."""
+    return DiskError(f"cannot write {path} while {action} ({err.strerror or err}): {fix}")
 
 
 def _download_once(url, part):
@@ -153,17 +181,29 @@ def _download_once(url, part):
         # Raw bytes, as stored on the server; a short transfer keeps what arrived and is
         # caught by the length check below, so that the next attempt resumes after it.
         response.raw.enforce_content_length = False
-        with open(part, "ab" if append else "wb") as f, tqdm(
-                total=total, initial=offset if append else 0, unit="B", unit_scale=True,
-                desc=part.name.removesuffix(".part")) as bar:
-            for chunk in response.raw.stream(1 << 20, decode_content=False):
-                f.write(chunk)
-                bar.update(len(chunk))
+        try:
+            _write_stream(response.raw, part, append, total, offset)
+        except OSError as err:
+            if isinstance(err, requests.RequestException):  # requests' errors are OSErrors too
+                raise
+            raise _disk_error(err, part, f"downloading {url}", "free space there (or pass another --root) "
+                              "and rerun: the download resumes where it stopped") from None
     size = part.stat().st_size
     if total is not None and size != total:
         if size > total:
             part.unlink()
         raise _TransientDownloadError(f"got {size} of the {total} bytes the server announced")
+
+
+def _write_stream(raw, part, append, total, offset):
+    """The server's bytes into `part` (appended, or from the start), with a progress bar; urllib3 reports
+    network errors as its own exceptions, so an OSError here is the disk's."""
+    with open(part, "ab" if append else "wb") as f, tqdm(
+            total=total, initial=offset if append else 0, unit="B", unit_scale=True,
+            desc=part.name.removesuffix(".part")) as bar:
+        for chunk in raw.stream(1 << 20, decode_content=False):
+            f.write(chunk)
+            bar.update(len(chunk))
 
 
 def _expected_total(response, url, part, offset):
@@ -264,6 +304,12 @@ def extract_part(archive, root, part):
         raise UnsafeArchiveError(f"{err}. The archive is refused and nothing of it was kept") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeError) as err:
         raise DatasetError(f"cannot extract {archive} ({err})") from err
+    except DatasetError:
+        raise
+    except OSError as err:
+        where = err.filename or staging
+        raise _disk_error(err, where, f"extracting {archive} (BAPPS {part})",
+                          f"free space under {root} and rerun; nothing of the part was kept") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if skipped:
@@ -325,8 +371,9 @@ def fetch_part(root, part, url=None, keep_archive=False, retries=None, retry_del
 
     A folder already on disk, in either layout, is used as it is: never downloaded again,
     never replaced. An archive placed by hand is never deleted (when it fails extraction the
-    error says to delete it); one this call downloaded is deleted after extraction unless
-    `keep_archive`, and when it fails extraction.
+    error says to delete it); one this program downloaded (in this run or an earlier one, see
+    `downloaded_marker`) is deleted after extraction unless `keep_archive`, and when it is not a
+    valid archive; after a full disk stopped its extraction it is kept for the next run.
     """
     if part not in ARCHIVES:
         raise ValueError(f"unknown BAPPS part {part!r}; valid parts: {', '.join(ARCHIVES)}")
@@ -335,18 +382,31 @@ def fetch_part(root, part, url=None, keep_archive=False, retries=None, retry_del
         return False
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVES[part]
-    downloaded = not archive.exists()
-    if downloaded:
+    marker = downloaded_marker(archive)
+    downloaded = not archive.exists() or marker.exists()
+    if not archive.exists():
         base = url or os.environ.get("BAPPS_URL") or BASE_URL
         download(base.rstrip("/") + "/" + ARCHIVES[part], archive, retries, retry_delay)
+        marker.write_text(DOWNLOADED_NOTE)
     try:
         extract_part(archive, root, part)
+    except DiskError as err:
+        kept = "it is kept, and deleted once extracted" if downloaded else "it is kept"
+        raise DiskError(f"{err}; the archive {archive} is complete: {kept}") from err
     except DatasetError as err:
         if not downloaded:
             raise type(err)(f"{err}; delete {archive} and rerun to download it again") from err
         archive.unlink()
+        marker.unlink(missing_ok=True)
         raise type(err)(f"{err}; the downloaded file was deleted: rerun to download it again, or check "
                         f"the base URL (--url / $BAPPS_URL)") from err
     if downloaded and not keep_archive:
         archive.unlink()
+    marker.unlink(missing_ok=True)  # a kept archive is the user's from now on
     return True
+
+
+def downloaded_marker(archive):
+    """The file that says `archive` was downloaded by this program (so deleted once extracted, even by a later
+    run after a failed extraction), unlike one placed by hand (never deleted)."""
+    return Path(archive).with_name(Path(archive).name + ".downloaded")

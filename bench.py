@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 
 import distance
-from cli import pick_device, positive_int
+from cli import device_arg, non_negative_int, positive_int
 from dataset_collector import write_synthetic
 from evaluation import PAIRS, bapps_sets, evaluate, evaluate_net, make_loader
 from image_io import load_image
@@ -96,29 +96,30 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", nargs="+", default=["alex"], type=canonical_net, choices=LPIPS_NETS,
                         help="networks the lpips package has: alex, squeeze, vgg")
-    parser.add_argument("--batch", type=int, default=50, help="triplets per batch")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs (the minimum is reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--batch", type=positive_int, default=50, help="triplets per batch")
+    parser.add_argument("--size", type=positive_int, default=64, help="image side in pixels")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed runs (the minimum is reported)")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs first")
+    parser.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
-    parser.add_argument("--end-to-end", type=int, metavar="N", default=0,
+    parser.add_argument("--end-to-end", type=non_negative_int, metavar="N", default=0,
                         help="also time the BAPPS evaluation of experiment.py (all ten configurations vs "
                              "spatial with channel norm) on a generated BAPPS tree of N examples per subsplit")
-    parser.add_argument("--shift", type=int, metavar="N", default=0,
+    parser.add_argument("--shift", type=non_negative_int, metavar="N", default=0,
                         help="also time the 2AFC val evaluation with experiment.py's --shift 1 2 3 against the plain "
                              "one, on a generated tree of N triplets per subsplit, beside the backbone alone on the "
                              "images each passes")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for --end-to-end and --shift")
-    parser.add_argument("--pixel", type=int, metavar="N", default=0,
+    parser.add_argument("--num-workers", type=non_negative_int, default=2,
+                        help="DataLoader workers for --end-to-end and --shift")
+    parser.add_argument("--pixel", type=non_negative_int, metavar="N", default=0,
                         help="also time l2 and ssim (Lab, RGB) on N 2AFC triplets against lpips.L2 / lpips.DSSIM "
                              "one pair at a time (the README's numbers: --pixel 1000)")
     parser.add_argument("--pixel-repeats", type=positive_int, default=3,
                         help="timed runs of each side for --pixel, alternating (the minimum is reported)")
-    parser.add_argument("--folder", type=int, metavar="N", default=0,
+    parser.add_argument("--folder", type=non_negative_int, metavar="N", default=0,
                         help="also time distance.py on two folders of N pairs of 64x64 PNGs against the lpips "
                              "package's lpips_2dirs.py loop, and its two-file startup against lpips_2imgs.py")
-    parser.add_argument("--vgg512", type=int, metavar="N", default=0,
+    parser.add_argument("--vgg512", type=non_negative_int, metavar="N", default=0,
                         help="also time distance.py on N pairs of 512x512 PNGs with vgg: per pair, peak memory")
     return parser.parse_args(argv)
 
@@ -492,7 +493,7 @@ def markdown(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = pick_device(args.device)
+    device = args.device
     nets = [canonical_net(net) for net in args.net]
     rows = [bench_net(net, args, device) for net in nets]
     end_to_end = [bench_end_to_end(net, args, device) for net in nets] if args.end_to_end else []

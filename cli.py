@@ -44,15 +44,22 @@ class UserError(ValueError):
 # ---------------------------------------------------------------- flag types
 
 
-def positive_int(text):
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number_at_least(least):
+    """An argparse type: a whole number >= `least`."""
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return whole_number
+
+
+positive_int = whole_number_at_least(1)
+non_negative_int = whole_number_at_least(0)
 
 
 def pick_device(name="auto"):
@@ -290,16 +297,22 @@ def atomic_open(path, mode="wb", **kwargs):
 
 
 @contextlib.contextmanager
-def locked(folder):
+def locked(folder, waiting=None):
     """Hold an exclusive advisory lock on `folder` (created if missing) while the block runs: another process
-    in `locked(folder)` waits. A no-op where the system has no flock (Windows)."""
+    in `locked(folder)` waits, after printing `waiting` (if given) on stderr. A no-op where the system has no
+    flock (Windows)."""
     os.makedirs(folder, exist_ok=True)
     if fcntl is None:
         yield
         return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                print(waiting, file=sys.stderr)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
         os.close(descriptor)  # closing releases the lock

@@ -29,7 +29,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from bapps_archives import (ARCHIVES, BASE_URL, JND_FOLDERS, PART_OF_SPLIT, SPLIT_FOLDERS, SPLIT_OF_PART, SUBSPLITS,
                             TWOAFC_FOLDERS, DatasetError, fetch_part, retry_settings, split_folder)
-from cli import positive_int, run_main
+from cli import locked, positive_int, run_main
 from image_io import load_image
 
 # ---------------------------------------------------------------- datasets
@@ -127,7 +127,7 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
                              f"{', '.join(SUBSPLITS[split])}, all")
     part, root = PART_OF_SPLIT[split], Path(root)
     if download:
-        fetch_part(root, part)
+        fetch(root, part)
     folder = split_folder(root, split)
     if folder is None:
         looked = " or ".join(str(root / name) for name in SPLIT_FOLDERS[split])
@@ -138,6 +138,15 @@ def dataset_collector(name, split, subsplit="all", root="datasets/BAPPS", downlo
                           image_transform=image_transform, load_size=load_size)
             for sub in names]
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+
+def fetch(root, part, **options):
+    """`fetch_part` under a lock of `root`: a second run fetching into one root waits for the first (saying
+    so), then finds the part there."""
+    if split_folder(root, SPLIT_OF_PART[part]) is not None:
+        return False
+    with locked(root, waiting=f"another run is fetching BAPPS into {root}: waiting for it to finish"):
+        return fetch_part(root, part, **options)
 
 
 def tree_kind(root):
@@ -256,7 +265,7 @@ def synthetic_tree(folder, examples):
 
 def fetch_parts(args):
     for part in args.parts:
-        fetched = fetch_part(args.root, part, url=args.url, keep_archive=args.keep_archives)
+        fetched = fetch(args.root, part, url=args.url, keep_archive=args.keep_archives)
         state = "complete" if fetched else "already present"
         print(f"{part}: {state} in {split_folder(args.root, SPLIT_OF_PART[part])}")
 

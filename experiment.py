@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from cli import (CHANNEL_NORMS, Backbones, add_weights_flags, build_metrics, pick_device, preflight, requested_configs,
-                 run_main)
+from cli import (CHANNEL_NORMS, Backbones, add_weights_flags, build_metrics, check_writable, pick_device, preflight,
+                 requested_configs, run_main)
 from bapps_archives import SUBSPLITS, retry_settings
 from bootstrap import METHOD
 from distance_files import FOLDER as DISTANCES_FOLDER
@@ -44,6 +44,10 @@ from results import report, results_path, results_table, run_columns, weights_id
 from shift_study import SHIFT_OFFSET, check_shifts
 
 PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
+OUTPUTS = ("results.csv", "results.md")
+# flags a run of pixel metrics alone would ignore (beside a network they are the network's)
+NETWORK_FLAGS = ("preset", "layers", "per_layer", "method", "channel_norm", "variant", "normalize", "lpips_weights",
+                 "weights_dir", "random_init")
 TRAINING_NAMES = ("RankingHead", "lr_factor", "LPIPSTraining", "version_dir", "save_lpips_weights",
                   "train_version")
 
@@ -157,6 +161,7 @@ def parse_args(argv=None):
         args.points = network_points(args)
         args.net = list(args.points)
         check_args(args)
+        check_pixel_args(args, parser)
     except ValueError as err:
         parser.error(str(err))
     return args
@@ -176,7 +181,7 @@ def network_points(args):
     outside = [net for net in nets if net not in grid]
     if outside:
         raise ValueError(f"--preset {args.preset} has no {', '.join(outside)}; its networks: {', '.join(grid)}")
-    return {**pixel, **{net: list(grid[net]) for net in nets or grid}}
+    return {**pixel, **{net: list(grid[net]) for net in nets or ([] if pixel else grid)}}
 
 
 def check_args(args):
@@ -208,6 +213,17 @@ def check_args(args):
     pick_device(args.device)
     if not args.no_download:
         retry_settings()
+
+
+def check_pixel_args(args, parser):
+    """Raise ValueError for flags that do not apply to a run of pixel metrics alone (they have no backbone)."""
+    if any(net not in PIXEL_METRICS for net in args.net):
+        return
+    given = [f"--{name.replace('_', '-')}" for name in NETWORK_FLAGS if getattr(args, name) != parser.get_default(name)]
+    if given:
+        raise ValueError(f"{' '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the pixel metrics "
+                         f"({' '.join(args.net)}), which have no network: drop {'it' if len(given) == 1 else 'them'}, "
+                         f"or add the networks {'it is' if len(given) == 1 else 'they are'} for to --net")
 
 
 def check_network_args(args):
@@ -256,11 +272,13 @@ def add_training_flags(parser):
         "pretrained backbone) or scratch (also a randomly initialised backbone) on BAPPS train with the LPIPS "
         "recipe, then evaluates each trained version. Checkpoints and lin.pth (LPIPS format, for "
         "--lpips-weights and lpips.LPIPS(model_path=...)) go to OUT/<net>[_<points>]_<variant>_<method>_"
-        "<cn|nocn>_<normalize>/version_K (<points> such as 1-4-7-11 when not the net's default); an "
-        "interrupted training resumes from there, a finished one is reused. With --per-layer each point is "
-        "trained on its own. results.csv names each version's rows by its lin.pth, so they never mix with rows "
-        "of other weights (such as --lpips-weights official); a version trained anew replaces the old one in "
-        "the table.")
+        "<cn|nocn>_<normalize>/version_K (<points> such as 1-4-7-11 when not the net's default), with "
+        "training.json, the settings and data it is trained with; an interrupted training resumes from its last "
+        "finished epoch (to the same weights as without the stop), a finished one is reused, either only with "
+        "the same settings (others are an error naming them). With --per-layer each point is trained on its "
+        "own. results.csv names each version's rows by the file they are computed from (lin.pth for lin, "
+        "last.ckpt for tune and scratch), so they never mix with rows of other weights (such as --lpips-weights "
+        "official); a version trained anew replaces the old one in the table.")
     group.add_argument("--train", action="store_true", help="train, then evaluate")
     group.add_argument("--train-subsplits", nargs="+", choices=SUBSPLITS["train"], default=list(SUBSPLITS["train"]),
                        metavar="NAME", help=f"BAPPS train subsplits (default: {' '.join(SUBSPLITS['train'])})")
@@ -279,8 +297,8 @@ def add_training_flags(parser):
     group.add_argument("--logger", choices=("wandb", "csv", "tensorboard"), default="wandb",
                        help="training logs under OUT; wandb without an API key logs offline "
                             "(default: %(default)s)")
-    group.add_argument("--devices", help="Lightning Trainer devices: a number, a list such as 0,1, or auto "
-                                         "(default: as --device)")
+    group.add_argument("--devices", type=devices_arg,
+                       help="Lightning Trainer devices: a number, a list such as 0,1, or auto (default: as --device)")
     group.add_argument("--num-nodes", type=int, default=1, help="Lightning Trainer num_nodes (default: 1)")
     group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
     group.add_argument("--precision", help="Lightning precision, e.g. 16-mixed, bf16-mixed (default: 32-true)")
@@ -338,16 +356,18 @@ def train_net(training, net, args, sets, device):
     """Train --repetitions versions of each configuration of `net`, evaluating each into results.csv.
 
     A configuration is a method and channel norm on the net's extraction points, or with
-    --per-layer on each point alone. Finished versions are reused. Rows name each version by
-    its lin.pth (`weights_identity`), so a version trained anew is evaluated anew. With several
-    processes (DDP) only the first evaluates; the others wait for it.
+    --per-layer on each point alone. Finished versions are reused (if trained with the same settings).
+    Rows name each version by the file they are computed from (`training.trained_file`), so a version
+    trained anew is evaluated anew. With several processes (DDP) only the first evaluates; the others
+    wait for it. Lightning's information lines are left out.
     """
     data = training.training_set(args.data_root, args.train_subsplits, args.limit, not args.no_download)
     points = args.points[net]
-    for layers in [[p] for p in points] if args.per_layer else [points]:
-        for method, norm in requested_configs(args.method, args.channel_norm):
-            for version in range(args.repetitions):
-                train_one(training, net, args, sets, data, device, (method, norm, tuple(layers)), version)
+    with training.lightning_quiet():
+        for layers in [[p] for p in points] if args.per_layer else [points]:
+            for method, norm in requested_configs(args.method, args.channel_norm):
+                for version in range(args.repetitions):
+                    train_one(training, net, args, sets, data, device, (method, norm, tuple(layers)), version)
 
 
 def train_one(training, net, args, sets, data, device, config, version):
@@ -356,17 +376,27 @@ def train_one(training, net, args, sets, data, device, config, version):
     method, norm, layers = config
     # the net's default points stay unnamed, as in the versions trained before points could be chosen
     named = None if list(layers) == default_layers(net) else list(layers)
+    weights = Backbones.from_flags(args).file(net) if args.weights_dir else None
     module = training.train_version(data, args.out, version, seed=args.seed, batch_size=args.batch_size,
                                     num_workers=args.num_workers, logger=args.logger, scale=trainer_scale(args),
                                     net=net, method=method, channel_norm=norm, variant=args.variant,
                                     normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init,
-                                    layers=named, weights=Backbones.from_flags(args).file(net) if args.weights_dir else None)
+                                    layers=named, weights=weights)
     if training.is_global_zero():
         folder = training.version_dir(args.out, version, net, args.variant, method, norm, args.normalize, named)
-        evaluate_flags(net, args, sets, device, [config], version, lpips_weights=os.path.join(folder, "lin.pth"),
+        evaluate_flags(net, args, sets, device, [config], version,
+                       lpips_weights=training.trained_file(folder, args.variant),
                        build=lambda configs: dict.fromkeys(configs, module.metric))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def devices_arg(text):
+    """argparse type for --devices: what Lightning takes, as text: auto, a count (-1: all), or indices 0,1."""
+    if text == "auto" or re.fullmatch(r"-1|[1-9]\d*|\d+(,\d+)*,?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not auto, a number of devices (-1: all) or a list of device "
+                                     f"indices such as 0,1")
 
 
 def trainer_scale(args):
@@ -380,6 +410,7 @@ def trainer_scale(args):
 
 def run(args):
     """Evaluate (or train, then evaluate) every --net, then print the table."""
+    check_writable(args.out, OUTPUTS)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     if args.train:
@@ -471,9 +502,10 @@ def compare_flags(args, sets):
 
 def main(argv=None):
     args = parse_args(argv)
+    resumes = "; a training resumes from its last finished epoch" if args.train else ""
     return run_main("experiment.py", lambda: run(args),
                     interrupted=f"interrupted: finished sets are saved in {results_path(args.out)}; "
-                                f"rerun the same command to compute the rest")
+                                f"rerun the same command to compute the rest{resumes}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ TABLE_NOTE = ("2AFC score, JND mAP and rank-flip rates (r_rf) in %. A value ± h
               "trained versions shows mean ± standard deviation over them instead. shift<n> 2AFC, shift<n> r_rf: "
               "the n-pixel shift study (experiment.py --shift), its mean 2AFC score at shift n (shift0: the "
               "cropped baseline) and the mean share of triplets whose preference flips from shift 0 to shift n. "
+              "JND mAP is the mean over the JND subsplits that have a 'same' pair (the mAP of one without is "
+              "undefined, nan in results.csv; – when no subsplit has one). "
               "examples: all, or the first N of each set (--limit); data: bapps, or synthetic for a tree written by "
               "dataset_collector.py --synthetic (random, meaningless scores); weights: the backbone file and the "
               "linear weights, each with the start of its SHA-256. l2, ssim: LPIPS's L2 and DSSIM in Lab or RGB, "
@@ -219,6 +221,12 @@ def _set_mean(run, dataset, measure):
     return statistics.fmean(value for value, _ in found), half
 
 
+def _jnd_mean(run):
+    """The mean JND mAP over the subsplits where it is defined: a subsplit with no "same" pair has no
+    precision-recall curve (its mAP is nan in results.csv) and is left out rather than hide the others."""
+    return _set_mean({key: estimate for key, estimate in run.items() if not math.isnan(estimate[0])}, "jnd", "map")
+
+
 def _table_order(config):
     return tuple((TABLE_ORDER[column].index(value) if value in TABLE_ORDER.get(column, ()) else
                   len(TABLE_ORDER.get(column, ())), _points_order(value) if column == "layers" else value)
@@ -272,7 +280,7 @@ def table_columns(runs):
     rate at each shift from 1."""
     columns = [(subsplit, lambda run, s=subsplit: run.get(("2afc", s, "score"))) for subsplit in SUBSPLITS["val"]]
     columns += [("2AFC mean", lambda run: _set_mean(run, "2afc", "score")),
-                ("JND mAP", lambda run: _set_mean(run, "jnd", "map"))]
+                ("JND mAP", _jnd_mean)]
     shifts = sorted({shift_of(dataset) for versions in runs.values() for run in versions for dataset, *_ in run}
                     - {None})
     columns += [(f"{shift_dataset(n)} 2AFC", lambda run, n=n: _set_mean(run, shift_dataset(n), "score"))

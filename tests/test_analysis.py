@@ -251,6 +251,17 @@ def test_duplicated_case_is_reported_with_both_lines(tmp_path):
         analysis.read_manifest(str(folder))
 
 
+def test_a_path_spelled_another_way_is_the_same_case_and_a_rule_needs_another_variant(tmp_path):
+    folder = make_folder(tmp_path / "images")
+    write_manifest(folder, CASES + [("rotate", "./a/tex.png", "a//tex_rot90.png", "closer_than_refs")])
+    with pytest.raises(analysis.AnalysisError, match=r"line 6 repeats the case of line 3 \(rotate,a/tex.png,"):
+        analysis.read_manifest(str(folder))
+    write_manifest(folder, CASES + [("stain", "a/tex.png", "a/tex_rot90.png", "closer_than:./a/tex_rot90.png")])
+    with pytest.raises(analysis.AnalysisError, match=r"line 6: rule 'closer_than:a/tex_rot90.png' compares the "
+                                                     r"variant 'a/tex_rot90.png' with itself"):
+        analysis.read_manifest(str(folder))
+
+
 def test_unwritable_out_is_refused_before_any_computation(torch_home, tmp_path, monkeypatch, capsys):
     folder = make_folder(tmp_path / "images")
     monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))

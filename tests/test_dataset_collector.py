@@ -4,11 +4,14 @@ Archives are built here from a tiny synthetic BAPPS tree (`write_synthetic`) and
 http.server on 127.0.0.1 that supports Range, can ignore it, can cut a transfer off
 half-way, and counts requests.
 """
+import errno
 import functools
 import http.server
 import io
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -23,10 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import experiment
-from bapps_archives import ARCHIVES, SUBSPLITS, DatasetError, fetch_part
+from bapps_archives import ARCHIVES, SUBSPLITS, DatasetError, DownloadError, fetch_part
+from cli import locked
 from dataset_collector import dataset_collector, main, write_synthetic
 from evaluation import bapps_sets
-from image_io import ImageLoadError, load_image
+from helpers import run_cli
+from image_io import ImageLoadError, image_files, load_image
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICIAL_PREFIX = {"train": "dataset/2afc/", "val": "dataset/2afc/", "jnd": "dataset/"}
@@ -210,7 +215,8 @@ def test_an_extraction_cut_short_leaves_no_part_and_a_rerun_completes_it(source,
     monkeypatch.setattr(tarfile.TarFile, "extract", cut_after_three_files)
     with pytest.raises(KeyboardInterrupt):
         fetch_part(root, "val", url=server.url, keep_archive=True)
-    assert sorted(p.name for p in root.iterdir()) == [ARCHIVES["val"]]  # no part folder, no staging folder
+    # no part folder, no staging folder; the archive, and the file saying this program downloaded it
+    assert sorted(p.name for p in root.iterdir()) == [ARCHIVES["val"], ARCHIVES["val"] + ".downloaded"]
     with pytest.raises(DatasetError, match="BAPPS val is not under"):
         dataset_collector("BAPPS", "val", root=root, download=False)
     monkeypatch.setattr(tarfile.TarFile, "extract", extract)
@@ -288,6 +294,59 @@ def test_cut_transfer_is_retried_within_one_run(source, server, tmp_path):
     half = archive.stat().st_size // 2
     assert [r for _, r in server.state.requests] == [None, f"bytes={half}-"]
     assert _files(tmp_path / "root", "jnd") == _files(source, "jnd")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_names_the_file_and_a_kept_download_is_deleted_once_extracted(source, server, tmp_path,
+                                                                                  monkeypatch):
+    _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
+    root = tmp_path / "root"
+    root.mkdir()
+    archive, part = root / ARCHIVES["jnd"], root / (ARCHIVES["jnd"] + ".part")
+    command = ["--root", root, "--parts", "jnd", "--url", server.url]
+    part.symlink_to("/dev/full")  # the download writes to a full disk
+    code, _, err = run_cli(main, command)
+    assert code == 1 and f"error: cannot write {part} while downloading {server.url}" in err
+    assert "(No space left on device): free space there" in err and "the download resumes" in err
+    part.unlink()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tarfile.TarFile, "extract", full)
+        code, _, err = run_cli(main, command)
+    assert code == 1 and "while extracting" in err and "(BAPPS jnd) (No space left on device)" in err
+    assert archive.is_file() and not (root / "jnd").exists()  # complete: kept for the next run
+    assert run_cli(main, command)[0] == 0
+    assert _files(root, "jnd") == _files(source, "jnd")
+    assert sorted(os.listdir(root)) == ["jnd"]  # the download is deleted once extracted, by the later run too
+
+
+def test_a_second_run_on_one_root_waits_for_the_first(source, server, tmp_path, capsys):
+    _build_archive(source, "jnd", server.dir / ARCHIVES["jnd"])
+    root, codes = tmp_path / "root", []
+    second = threading.Thread(target=lambda: codes.append(main(["--root", str(root), "--parts", "jnd",
+                                                                "--url", server.url])))
+    with locked(root):  # the first run, fetching
+        second.start()
+        second.join(1.5)
+        assert second.is_alive() and not server.state.requests
+        shutil.copytree(source / "jnd", root / "jnd")  # what the first run leaves
+    second.join(30)
+    assert codes == [0] and not server.state.requests
+    out, err = capsys.readouterr()
+    assert f"another run is fetching BAPPS into {root}: waiting" in err and "jnd: already present" in out
+
+
+def test_a_failed_attempt_is_one_short_line(tmp_path, capsys):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    with pytest.raises(DownloadError, match=r"could not download .*jnd.tar.gz \(Connection refused\)\. Check"):
+        fetch_part(tmp_path, "jnd", url=url, retries=1)
+    assert capsys.readouterr().err.splitlines() == [f"download of {url}jnd.tar.gz failed (Connection refused); "
+                                                    f"retry 1/1 in 0 s"]
 
 
 def test_missing_file_on_server_says_where_to_place_it(server, tmp_path, capsys):
@@ -442,6 +501,20 @@ def test_dataloader_batches_in_worker_processes(bapps):
     assert batch["ref"].shape == (7, 3, 64, 64) and batch["judge"].shape == (7, 1)
 
 
+def test_an_error_in_a_worker_is_the_one_line_naming_the_file(tmp_path):
+    root = write_synthetic(tmp_path, n_2afc=2, size=8, parts=("val",))
+    (root / "val/cnn/p0/000000.png").write_bytes(b"not a png")
+    (root / "val/cnn/judge/000001.npy").write_bytes(b"not numpy")
+    dataset = dataset_collector("BAPPS", "val", subsplit="cnn", root=root, download=False)
+    for index, kind in ((0, ImageLoadError), (1, DatasetError)):
+        with pytest.raises(kind) as here:
+            dataset[index]
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [index]), num_workers=1)
+        with pytest.raises(kind) as in_worker:
+            next(iter(loader))
+        assert str(in_worker.value) == str(here.value) and "\n" not in str(here.value)
+
+
 def test_missing_stem_is_named(tmp_path):
     root = write_synthetic(tmp_path, n_2afc=3, size=8, parts=("val",))
     (root / "val/deblur/p1/000002.png").unlink()
@@ -520,6 +593,41 @@ def test_16_bit_gray_keeps_its_precision(tmp_path):
     pixels = np.array([[0, 1], [40000, 65535]], dtype=np.uint16)
     image = load_image(_save(tmp_path, Image.fromarray(pixels)))
     torch.testing.assert_close(image[1], torch.from_numpy(pixels.astype(np.float32)) / 65535)
+
+
+def test_float_images_in_0_1_are_used_as_they_are_and_others_are_an_error_naming_the_file(tmp_path):
+    values = np.array([[0, 0.25], [0.7, 1]], dtype=np.float32)
+    image = load_image(_save(tmp_path, Image.fromarray(values), "float.tif"))
+    assert image.shape == (3, 2, 2) and all(torch.equal(channel, torch.from_numpy(values)) for channel in image)
+    for bad, seen in ((2 * values - 0.5, "values from -0.5 to 1.5"), (np.where(values > 0.5, np.nan, values), "NaN")):
+        path = _save(tmp_path, Image.fromarray(bad), "bad.tif")
+        with pytest.raises(ImageLoadError, match=rf"^cannot read image {re.escape(str(path))}: .*{seen}.*\[0, 1\]"):
+            load_image(path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
+def test_16_and_32_bit_integer_tiffs_are_scaled_by_their_bit_depth(tmp_path, dtype):
+    import tifffile  # scikit-image's TIFF library; PIL writes no unsigned 32-bit TIFF
+    top = np.iinfo(dtype).max
+    values = np.array([[0, 1], [top // 3, top]], dtype=dtype)
+    tifffile.imwrite(tmp_path / "gray.tif", values)
+    expected = torch.tensor([[0, 1 / top], [(top // 3) / top, 1]], dtype=torch.float64).float()
+    assert all(torch.equal(channel, expected) for channel in load_image(tmp_path / "gray.tif"))
+    if dtype == np.int32:
+        tifffile.imwrite(tmp_path / "negative.tif", -values)
+        with pytest.raises(ImageLoadError, match=r"negative.tif: signed 32-bit samples down to -2147483647"):
+            load_image(tmp_path / "negative.tif")
+
+
+def test_image_files_follow_linked_folders_but_not_loops(tmp_path):
+    folder, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in (folder / "a.png", folder / "sub" / "b.png", elsewhere / "c.png"):
+        Image.new("RGB", (2, 2)).save(path)
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)
+    assert image_files(str(folder)) == ["a.png", "linked/c.png", "sub/b.png"]
 
 
 def test_palette_with_transparency_entry(tmp_path):

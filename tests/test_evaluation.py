@@ -1,6 +1,8 @@
 """BAPPS scoring and evaluation: hand-computed cases, the lpips package's formulas, results.csv."""
 import math
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import torch
 
 import evaluation
 from experiment import main
-from helpers import (IMAGES_PER_NET, LIMIT, assert_scores_equal, expected_scores, lpips_2afc, lpips_jnd,
+from helpers import (IMAGES_PER_NET, LIMIT, assert_scores_equal, cli_error, expected_scores, lpips_2afc, lpips_jnd,
                      lpips_reference, read_results_csv, reference_distance, reference_features, run_experiment,
                      table_cells, table_row, values)
 from metric import ALL_CONFIGS, DistanceMetric, score_2afc, score_jnd
@@ -194,6 +196,9 @@ def test_interrupted_run_keeps_finished_sets_and_resumes(torch_home, bapps, tmp_
     (["--limit", "0"], "--limit must be at least 1"),
     (["--device", "mps"], "--device mps: MPS (Apple GPU) is not available here; use auto, cpu, cuda or cuda:N"),
     (["--device", "xla"], "--device xla: xla devices are not supported"),
+    (["--net", "l2", "--method", "sort"], "--method does not apply to the pixel metrics (l2), which have no network"),
+    (["--net", "l2", "ssim", "--channel-norm", "off", "--layers", "1", "--weights-dir", "w"],
+     "--layers --channel-norm --weights-dir do not apply to the pixel metrics (l2 ssim)"),
 ])
 def test_impossible_flags_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -223,6 +228,26 @@ def test_damaged_weights_files_are_one_line_errors(torch_home, bapps, tmp_path, 
     err = capsys.readouterr().err
     assert str(backbone) in err and "delete it and download it again" in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_computing(torch_home, bapps, tmp_path, monkeypatch):
+    monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))
+    flags = ["--data-root", bapps, "--no-download", "--num-workers", "0", "--splits", "jnd"]
+    (tmp_path / "a_file").write_text("")
+    cli_error(main, [*flags, "--out", tmp_path / "a_file"], r"--out .*a_file: .*a_file is a file, not a folder")
+    (tmp_path / "out" / "results.md").mkdir(parents=True)
+    cli_error(main, [*flags, "--out", tmp_path / "out"], r"out/results.md is a folder, where an output file goes")
+    assert os.listdir(tmp_path / "out") == ["results.md"]
+
+
+def test_a_bad_image_read_by_a_worker_is_one_line_naming_it(torch_home, bapps, tmp_path):
+    root = tmp_path / "bapps"
+    shutil.copytree(bapps, root)
+    bad = root / "jnd" / "val" / "cnn" / "p1" / "000002.png"
+    bad.write_bytes(b"not a png")
+    cli_error(main, ["--data-root", root, "--no-download", "--out", tmp_path / "out", "--num-workers", "1",
+                     "--splits", "jnd", "--subsplits", "cnn"],
+              rf"^experiment.py: error: cannot read image {re.escape(str(bad))}: cannot identify image file")
 
 
 def test_missing_dataset_without_download_names_the_fix(torch_home, tmp_path, capsys):

@@ -129,6 +129,15 @@ def save_many(path, writer, count):
         save_results(path, table_row(("alex", "baseline", "spatial", "true"), 0, {("jnd", f"w{writer}s{i}", "map"): 0.5}))
 
 
+def test_a_jnd_subsplit_without_a_same_pair_does_not_hide_the_other():
+    config = ("alex", "baseline", "spatial", "true")
+    rows = table_row(config, 0, {("jnd", "traditional", "map"): 0.625, ("jnd", "cnn", "map"): float("nan")})
+    assert table_cells(results_table(rows))[0][-1] == "62.50"
+    rows = table_row(config, 0, {("jnd", "traditional", "map"): float("nan"), ("jnd", "cnn", "map"): float("nan")})
+    assert table_cells(results_table(rows))[0][-1] == "–"
+    assert "JND mAP is the mean over the JND subsplits that have a 'same' pair" in results_table(rows)
+
+
 def test_concurrent_writers_keep_every_row(tmp_path):
     """Four processes saving 15 rows each into one file keep all 60 (without the lock, about a third are lost)."""
     path, writers, count = tmp_path / "results.csv", 4, 15

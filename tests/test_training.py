@@ -5,6 +5,9 @@ by a hidden metric on the same backbone (tests/helpers.py).
 """
 import glob
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +18,16 @@ import pytorch_lightning as pl
 import torch
 
 import experiment
+import training
 from experiment import main
-from helpers import (RECOVERY, Triplets, agreement, assert_close, hidden_metric, judged_triplets, lpips_reference,
-                     read_results_csv, read_set, values)
+from helpers import (RECOVERY, Triplets, agreement, assert_close, cli_error, hidden_metric, judged_triplets,
+                     lpips_reference, read_results_csv, read_rows, read_set, run_cli, values)
 from metric import ALL_CONFIGS, PARTS, DistanceMetric, score_2afc
 from training import LPIPSTraining, RankingHead, train_version
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"logger": None, "progress": False}
+NAME = "alex_lin_spatial_cn_imagenet"  # the folder of the default configuration's versions
 
 
 class Watch(pl.Callback):
@@ -124,8 +129,9 @@ def test_stable_init_starts_non_negative_with_a_neutral_head(torch_home):
 
 
 def test_lr_schedule_resume_and_reuse(tiny, tmp_path, capsys):
-    """Interrupted after one epoch, a rerun resumes there; the lr follows the recipe across both."""
-    options = {"batch_size": 10, "lr": 0.01, "epochs": 4, **QUIET}
+    """Interrupted after one epoch, a rerun resumes there; the lr follows the recipe across both; the weights
+    and the CSV log end as those of an uninterrupted training."""
+    options = {"batch_size": 10, "lr": 0.01, "epochs": 4, "logger": "csv", "progress": False}
     first, second = Watch(), Watch()
     with pytest.raises(Interrupt):
         train_version(tiny, str(tmp_path), callbacks=[first, StopAtEpoch(1)], **options)
@@ -138,6 +144,19 @@ def test_lr_schedule_resume_and_reuse(tiny, tmp_path, capsys):
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 8
     assert lin_weights(module).min() >= 0
 
+    train_version(tiny, str(tmp_path / "whole"), **options)
+    whole = tmp_path / "whole" / folder.relative_to(tmp_path)
+    resumed, uninterrupted = (torch.load(f / "lin.pth", weights_only=True) for f in (folder, whole))
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6)
+    log, whole_log = (read_rows(f / "metrics.csv") for f in (folder, whole))
+    assert [row["epoch"] for row in log] == ["0", "1", "2", "3"]
+    assert [row.keys() for row in log] == [row.keys() for row in whole_log]
+    for row, whole_row in zip(log, whole_log):
+        assert {k: float(v) for k, v in row.items()} == pytest.approx({k: float(v) for k, v in whole_row.items()},
+                                                                      abs=1e-6)
+
     stamp = os.path.getmtime(folder / "last.ckpt")
     capsys.readouterr()
     again = train_version(tiny, str(tmp_path), **options)
@@ -146,6 +165,41 @@ def test_lr_schedule_resume_and_reuse(tiny, tmp_path, capsys):
     assert torch.equal(lin_weights(again), lin_weights(module))
     with pytest.raises(ValueError, match=r"epochs=4 there, 5 now.*version_0"):
         train_version(tiny, str(tmp_path), **{**options, "epochs": 5})
+
+
+def test_a_version_is_reused_only_with_the_settings_and_data_it_was_trained_with(tiny, tmp_path):
+    options = {"batch_size": 10, "lr": 0.01, "epochs": 1, **QUIET}
+    train_version(tiny, str(tmp_path), **options)
+    folder = tmp_path / NAME / "version_0"
+    reversed_data = Triplets({key: value.flip(0) for key, value in tiny.tensors.items()})
+    for data, change, difference in [(tiny, {"seed": 1}, "seed=0 there, 1 now"),
+                                     (tiny, {"batch_size": 5}, "batch_size=10 there, 5 now"),
+                                     (tiny, {"lr": 0.02}, "lr=0.01 there, 0.02 now"),
+                                     (tiny, {"init": "stable"}, "init='lpips' there, 'stable' now"),
+                                     (reversed_data, {}, "data='items:20:")]:
+        with pytest.raises(ValueError, match=re.escape(difference)) as error:
+            train_version(data, str(tmp_path), **{**options, **change})
+        assert f"pass another --out, or delete {folder} to train anew" in str(error.value)
+    (folder / "training.json").unlink()
+    with pytest.raises(ValueError, match="without training.json .* is unknown"):
+        train_version(tiny, str(tmp_path), **options)
+
+
+def test_a_version_whose_files_disagree_or_are_damaged_is_an_error_naming_them(tiny, tmp_path):
+    options = {"batch_size": 10, "lr": 0.01, "epochs": 1, **QUIET}
+    train_version(tiny, str(tmp_path), **options)
+    folder = tmp_path / NAME / "version_0"
+    lin, last = folder / "lin.pth", folder / "last.ckpt"
+    trained = torch.load(lin, weights_only=True)
+    torch.save({key: 2 * value for key, value in trained.items()}, lin)
+    with pytest.raises(ValueError, match=f"{re.escape(str(lin))} does not hold the linear weights of "
+                                         f"{re.escape(str(last))}"):
+        train_version(tiny, str(tmp_path), **options)
+    torch.save(trained, lin)
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"cannot read the checkpoint {re.escape(str(last))} .*damaged") as error:
+        train_version(tiny, str(tmp_path), **options)
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
 
 
 def test_lin_pth_loads_into_lpips_and_our_metric(tiny, torch_home, tmp_path):
@@ -214,12 +268,12 @@ def test_wandb_without_account_runs_offline(tiny, tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
     train_version(tiny, str(out), batch_size=10, lr=0.01, epochs=1, logger="wandb", progress=False)
-    lines = [line for line in capsys.readouterr().out.splitlines() if "wandb sync" in line]
+    printed = capsys.readouterr()
+    assert "WARNING" not in printed.err  # such as wandb's about the anonymous setting, which nobody asked for
+    lines = [line for line in printed.out.splitlines() if "wandb sync" in line]
     assert len(lines) == 1
     run_dir = lines[0].split("wandb sync ")[1].strip()
     assert run_dir.startswith(str(out)) and glob.glob(os.path.join(run_dir, "*.wandb"))
-
-
 
 
 @pytest.fixture
@@ -228,10 +282,47 @@ def bapps(bapps_tree):
     return bapps_tree(n_2afc=6, n_jnd=4, parts=("train", "val", "jnd"))
 
 
+def train_argv(bapps, out, *extra):
+    return ["--train", "--variant", "lin", "--data-root", bapps, "--no-download", "--out", str(out),
+            "--num-workers", "0", "--batch-size", "6", "--epochs", "2", "--lr", "0.01", "--logger", "csv", *extra]
+
+
 def train_cli(bapps, out, *extra):
-    return main(["--train", "--variant", "lin", "--data-root", bapps, "--no-download", "--out", str(out),
-                 "--num-workers", "0", "--batch-size", "6", "--epochs", "2", "--lr", "0.01", "--logger", "csv",
-                 *extra])
+    return main(train_argv(bapps, out, *extra))
+
+
+def test_a_quick_training_is_not_reused_by_a_full_one_and_rows_name_its_file(torch_home, bapps, tmp_path):
+    quick = ("--variant", "tune", "--splits", "jnd", "--epochs", "1", "--train-subsplits", "cnn")
+    assert train_cli(bapps, tmp_path, *quick, "--limit", "2") == 0
+    rows = read_results_csv(tmp_path)
+    assert {row["limit"] for row in rows} == {"2"}
+    # tune's rows are computed from the checkpoint, which holds its trained backbone, not from lin.pth
+    assert all(" lin=alex_tune_spatial_cn_imagenet/version_0/last.ckpt@" in row["weights"] for row in rows)
+    changed = r"limit=2 there, 'all' now, data='synthetic:cnn=\w+' there, 'synthetic:cnn=\w+' now"
+    cli_error(main, train_argv(bapps, tmp_path, *quick), rf"trained with other settings \({changed}\)")
+    assert read_results_csv(tmp_path) == rows
+
+
+def test_ctrl_c_during_training_is_this_programs_interruption(torch_home, bapps, tmp_path, monkeypatch):
+    def interrupt(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.LPIPSTraining, "training_step", interrupt)
+    code, _, err = run_cli(main, train_argv(bapps, tmp_path, "--splits", "jnd", "--epochs", "1"))
+    assert code == 130, err
+    assert err.rstrip("\n").split("\n")[-1].startswith("experiment.py: interrupted: ")
+    assert "a training resumes from its last finished epoch" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning ignores Ctrl-C from then on
+
+
+def test_a_bad_training_image_read_by_a_worker_is_one_line_naming_it(torch_home, bapps, tmp_path):
+    root = tmp_path / "bapps"
+    shutil.copytree(bapps, root)
+    bad = root / "train" / "cnn" / "p1" / "000003.png"
+    bad.write_bytes(b"not a png")
+    cli_error(main, train_argv(str(root), tmp_path / "out", "--num-workers", "1", "--train-subsplits", "cnn",
+                               "--splits", "jnd", "--epochs", "1"),
+              rf"experiment.py: error: cannot read image {re.escape(str(bad))}: cannot identify image file")
 
 
 def test_train_cli_evaluates_every_version_and_tabulates_mean_and_spread(torch_home, bapps, tmp_path, capsys):
@@ -274,6 +365,7 @@ def test_train_cli_with_two_methods_and_both_norms_trains_each(torch_home, bapps
     (["--train", "--variant", "lin", "--lpips-weights", "official"], "drop --lpips-weights"),
     (["--train", "--variant", "tune", "--epochs", "0"], "--epochs must be at least 1"),
     (["--variant", "lin"], "or --train"),
+    (["--train", "--variant", "lin", "--devices", "abc"], "argument --devices: 'abc' is not auto, a number"),
 ])
 def test_impossible_training_flags_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -298,6 +390,8 @@ def test_ddp_on_two_cpu_processes_evaluates_and_reports_once(weights_home, bapps
                            "--batch-size", "6", "--num-workers", "0", "--splits", "jnd"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    for noise in ("GPU available", "TPU available", "Tip:", "Trainer.fit", "LOCAL_RANK", "LeafSpec"):
+        assert noise not in done.stderr, done.stderr  # Lightning's information lines
     assert done.stdout.count("| alex | 1-4-7-9-11 | lin | spatial | true | imagenet | all | synthetic |") == 1
     rows = read_results_csv(tmp_path)
     assert sorted((r["subsplit"], r["version"]) for r in rows) == [("cnn", "0"), ("traditional", "0")]
