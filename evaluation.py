@@ -191,12 +191,14 @@ def evaluate_net(net, configs, sets, results_file, run, build, device="cpu", bat
     `run` holds the columns every row shares (`results.run_columns`); `build(configs)` returns
     {config: metric} and runs only if something is missing, so a finished net is never even loaded.
     With `distances_dir`, every example's distances are saved there too (`distance_files.py`).
+    Returns the configurations computed now (the others were reused).
     """
     todo = missing_work(results_file, run, configs, [*sets, *shift_sets(sets, shifts)], overwrite, distances_dir)
     if not todo:
         print(f"{net}: every requested result is already in {results_file}; --overwrite recomputes them")
-        return
-    metrics = build(list(dict.fromkeys(config for _, missing in todo for config in missing)))
+        return set()
+    computed = list(dict.fromkeys(config for _, missing in todo for config in missing))
+    metrics = build(computed)
     for metric in metrics.values():
         metric.to(device).eval()
     for source, outputs in passes(todo):
@@ -213,6 +215,7 @@ def evaluate_net(net, configs, sets, results_file, run, build, device="cpu", bat
                     save_distances(distances_dir, run, config, bapps_set, distance_arrays(source.dataset, result,
                                                                                           config))
         save_results(results_file, rows)
+    return set(computed)
 
 
 def distance_arrays(dataset, result, config):

@@ -40,7 +40,7 @@ from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, PRESET, can
 from metric import (ALL_CONFIGS, COLORSPACES, INITS, METHODS, NORMALIZATIONS, NOT_APPLICABLE,  # noqa: F401
                     OFFICIAL_VERSIONS, PARTS, PIXEL_METRICS, TRAINED_VARIANTS, VARIANTS, DistanceMetric, LinearLayer,
                     channel_normalize, check_images, official_lpips_path, score_2afc, score_jnd)
-from results import report, results_path, results_table, run_columns, weights_identity  # noqa: F401
+from results import report, results_path, results_table, run_columns, run_marks, weights_identity  # noqa: F401
 from shift_study import SHIFT_OFFSET, check_shifts
 
 PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
@@ -151,6 +151,10 @@ def add_data_flags(parser):
     parser.add_argument("--out", default="logs/perceptual_metric",
                         help="folder of results.csv and results.md (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="recompute configurations already in results.csv")
+    parser.add_argument("--table", choices=("run", "all"), default="run",
+                        help="run: print the table of this run's configurations, each marked computed (now) or "
+                             "reused (from results.csv); all: of every configuration in results.csv. results.md "
+                             "always holds all of them (default: %(default)s)")
 
 
 def parse_args(argv=None):
@@ -327,7 +331,8 @@ def evaluate_flags(net, args, sets, device, configs, version=0, lpips_weights=No
     """Score `net` on `sets` for those of `configs` (see `evaluation.net_configs`) that OUT/results.csv lacks.
 
     `build(configs)` returns {config: metric} (default: `build_metrics` with the flags); `lpips_weights`
-    (default --lpips-weights) names the linear weights the rows are computed with.
+    (default --lpips-weights) names the linear weights the rows are computed with. Returns the table rows of
+    `configs`, each marked computed now or reused (`results.run_marks`).
     """
     lpips_weights = args.lpips_weights if lpips_weights is None else lpips_weights
     backbones = Backbones.from_flags(args)
@@ -336,8 +341,10 @@ def evaluate_flags(net, args, sets, device, configs, version=0, lpips_weights=No
         def build(needed):
             return build_metrics(net, args.variant, needed, args.normalize, lpips_weights, backbones,
                                  colorspace=args.colorspace)
-    evaluate_net(net, configs, sets, results_path(args.out), run, build, device, args.batch_size, args.num_workers,
-                 args.overwrite, shifts=args.shift or (), distances_dir=saved_distances_dir(args))
+    computed = evaluate_net(net, configs, sets, results_path(args.out), run, build, device, args.batch_size,
+                            args.num_workers, args.overwrite, shifts=args.shift or (),
+                            distances_dir=saved_distances_dir(args))
+    return run_marks(run, configs, sets, computed)
 
 
 def flag_run_columns(net, args, version=0, lpips_weights=None):
@@ -359,20 +366,23 @@ def train_net(training, net, args, sets, device):
     --per-layer on each point alone. Finished versions are reused (if trained with the same settings).
     Rows name each version by the file they are computed from (`training.trained_file`), so a version
     trained anew is evaluated anew. With several processes (DDP) only the first evaluates; the others
-    wait for it. Lightning's information lines are left out.
+    wait for it. Lightning's information lines are left out. Returns the table rows marked as
+    `evaluate_flags` does.
     """
     data = training.training_set(args.data_root, args.train_subsplits, args.limit, not args.no_download)
-    points = args.points[net]
+    points, marks = args.points[net], {}
     with training.lightning_quiet():
         for layers in [[p] for p in points] if args.per_layer else [points]:
             for method, norm in requested_configs(args.method, args.channel_norm):
                 for version in range(args.repetitions):
-                    train_one(training, net, args, sets, data, device, (method, norm, tuple(layers)), version)
+                    marks.update(train_one(training, net, args, sets, data, device, (method, norm, tuple(layers)),
+                                           version))
+    return marks
 
 
 def train_one(training, net, args, sets, data, device, config, version):
     """Train (or reuse) one version of one configuration (method, channel_norm, points), then evaluate it
-    (in the first process only)."""
+    (in the first process only); returns its table row marked (`evaluate_flags`), {} in the other processes."""
     method, norm, layers = config
     # the net's default points stay unnamed, as in the versions trained before points could be chosen
     named = None if list(layers) == default_layers(net) else list(layers)
@@ -382,13 +392,15 @@ def train_one(training, net, args, sets, data, device, config, version):
                                     net=net, method=method, channel_norm=norm, variant=args.variant,
                                     normalize=args.normalize, lr=args.lr, epochs=args.epochs, init=args.init,
                                     layers=named, weights=weights)
+    marks = {}
     if training.is_global_zero():
         folder = training.version_dir(args.out, version, net, args.variant, method, norm, args.normalize, named)
-        evaluate_flags(net, args, sets, device, [config], version,
-                       lpips_weights=training.trained_file(folder, args.variant),
-                       build=lambda configs: dict.fromkeys(configs, module.metric))
+        marks = evaluate_flags(net, args, sets, device, [config], version,
+                               lpips_weights=training.trained_file(folder, args.variant),
+                               build=lambda configs: dict.fromkeys(configs, module.metric))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+    return marks
 
 
 def devices_arg(text):
@@ -418,15 +430,17 @@ def run(args):
     needs_backbone = not (args.train and args.variant == "scratch")
     preflight(args.net if needs_backbone else [], Backbones.from_flags(args), args.lpips_weights)
     sets = bapps_sets(args.data_root, args.splits, args.subsplits, not args.no_download, args.limit)
+    marks = {}
     for net in args.net:
         if args.train:
-            train_net(training, net, args, sets, device)
+            marks.update(train_net(training, net, args, sets, device))
         else:
             configs = requested_configs(args.method, args.channel_norm)
-            evaluate_flags(net, args, sets, device, net_configs(net, configs, args.points[net], args.per_layer),
-                           version=weights_version(args.lpips_weights))
+            marks.update(evaluate_flags(net, args, sets, device,
+                                        net_configs(net, configs, args.points[net], args.per_layer),
+                                        version=weights_version(args.lpips_weights)))
     if not args.train or training.is_global_zero():
-        report(args.out)
+        report(args.out, None if args.table == "all" else marks)
     if args.compare:
         print(compare_flags(args, sets))
 

@@ -290,24 +290,49 @@ def table_columns(runs):
     return columns
 
 
-def results_table(rows):
+def run_marks(run, configs, sets, computed):
+    """{table row key: "computed" or "reused"} of a run's `configs` on `sets`, given those `computed` now."""
+    marks = {}
+    for config in configs:
+        for bapps_set in sets:
+            key = tuple(table_cell(config_row(run, config, bapps_set), column) for column in TABLE_KEY)
+            if marks.get(key) != "computed":
+                marks[key] = "computed" if config in computed else "reused"
+    return marks
+
+
+def results_table(rows, marks=None):
     """Markdown table, LPIPS-paper layout: a row per configuration, data and weights; the six 2AFC val
     subsplits, their mean and the JND mAP (mean over the JND subsplits), then any shift study's columns; each
-    value ± the half-width of its 95% interval, versions as mean ± std."""
+    value ± the half-width of its 95% interval, versions as mean ± std. With `marks` ({table row key: "computed"
+    or "reused"}, `run_marks`), only those rows, with a column saying which."""
     runs = table_runs(rows)
+    if marks is not None:
+        runs = {config: versions for config, versions in runs.items() if config in marks}
     columns = table_columns(runs)
     header = ["net", "layers", "variant", "method", "channel norm", "normalize", "examples", "data", "weights",
-              "versions", *(name for name, _ in columns)]
+              "versions", *(name for name, _ in columns), *(["this run"] if marks is not None else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config in sorted(runs, key=_table_order):
         versions = runs[config]
         cells = [_cell([value(run) for run in versions]) for _, value in columns]
-        lines.append("| " + " | ".join([*config, str(len(versions)), *cells]) + " |")
+        mark = [marks[config]] if marks is not None else []
+        lines.append("| " + " | ".join([*config, str(len(versions)), *cells, *mark]) + " |")
     return "\n".join(lines + ["", TABLE_NOTE]) + "\n"
 
 
-def report(out):
-    """Write OUT/results.md from OUT/results.csv and print it."""
-    table = results_table(read_results(results_path(out)))
+def report(out, marks=None):
+    """Write OUT/results.md (every configuration of OUT/results.csv) and print the table: of the configurations
+    in `marks` (`run_marks`: this run's, each computed now or reused), or without marks, the whole file's."""
+    rows = read_results(results_path(out))
+    table = results_table(rows)
     write_atomic(Path(out) / "results.md", table)
-    print(table)
+    if marks is None:
+        print(table)
+        return
+    print(results_table(rows, marks), end="")
+    everything = table_runs(rows)
+    shown, total = sum(key in everything for key in marks), len(everything)
+    if total > shown:
+        print(f"(this run's {shown} of the {total} configurations in {results_path(out)}; all of them: "
+              f"{Path(out) / 'results.md'}, or --table all)")

@@ -16,7 +16,7 @@ from experiment import main
 from helpers import (IMAGES_PER_NET, LIMIT, assert_scores_equal, cli_error, expected_scores, lpips_2afc, lpips_jnd,
                      lpips_reference, read_results_csv, reference_distance, reference_features, run_experiment,
                      table_cells, table_row, values)
-from metric import ALL_CONFIGS, DistanceMetric, score_2afc, score_jnd
+from metric import ALL_CONFIGS, METHODS, DistanceMetric, score_2afc, score_jnd
 from results import result_key, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,14 +138,31 @@ def test_lin_configurations_share_one_backbone_pass(torch_home, bapps, tmp_path,
     assert len({(r["method"], r["channel_norm"]) for r in read_results_csv(tmp_path)}) == 6
 
 
-def test_rerun_computes_only_what_is_missing_and_overwrite_recomputes(torch_home, bapps, tmp_path, forwards):
+def printed_marks(out):
+    """{(method, channel norm): "this run" cell} of the table rows printed in `out`."""
+    rows = [line.strip("|").split(" | ") for line in out.splitlines() if line.startswith("| alex ")]
+    return {(row[3], row[4]): row[-1].strip() for row in rows}
+
+
+def test_rerun_computes_only_what_is_missing_and_overwrite_recomputes(torch_home, bapps, tmp_path, forwards, capsys):
     sets = ["--subsplits", "traditional", "--limit", "3"]
     assert run_experiment(["--net", "alex", *sets], bapps, tmp_path) == 0
     first = values(read_results_csv(tmp_path))
+    assert printed_marks(capsys.readouterr().out) == {("spatial", "true"): "computed"}
     forwards.images.clear()
 
     assert run_experiment(["--net", "alex", "--method", "all", "--channel-norm", "both", *sets], bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == 3 * 3 + 3 * 2  # one pass for the nine missing configs
+    assert printed_marks(capsys.readouterr().out) == {
+        (method, norm): "reused" if (method, norm) == ("spatial", "true") else "computed"
+        for method in METHODS for norm in ("true", "false")}
+    assert run_experiment(["--net", "alex", "--method", "mean", *sets], bapps, tmp_path) == 0
+    shown = capsys.readouterr().out
+    assert printed_marks(shown) == {("mean", "true"): "reused"} and "this run's 1 of the 10 configurations" in shown
+    assert run_experiment(["--net", "alex", "--method", "mean", "--table", "all", *sets], bapps, tmp_path) == 0
+    shown = capsys.readouterr().out
+    assert len(printed_marks(shown)) == 10 and "this run" not in shown
+    assert (tmp_path / "results.md").read_text() in shown + "\n"
     second = values(read_results_csv(tmp_path))
     assert len(second) == len(ALL_CONFIGS) * (2 + 1) and first.items() <= second.items()
     before = (tmp_path / "results.csv").read_bytes()
@@ -302,6 +319,7 @@ def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "squeeze jnd/cnn" in done.stderr  # the progress bar
     table = (out / "results.md").read_text()
-    assert table in done.stdout + "\n" and "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | synthetic | squeezenet1_1-b8a52dc0.pth@" in table
+    assert "| squeeze | 1-4-7-9-10-11-12 |" in done.stdout and "| computed |" in done.stdout
+    assert "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | synthetic | squeezenet1_1-b8a52dc0.pth@" in table
     assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_results_csv(out)} == {("jnd", "traditional", "5"),
                                                                              ("jnd", "cnn", "5")}
