@@ -19,7 +19,6 @@ import torch
 from metric import INITS, DistanceMetric
 from tests.helpers import (RECOVERY, Triplets, agreement, hidden_metric, judged_triplets,
                            write_random_weights)
-from training import train_version
 
 
 def main():
@@ -29,6 +28,7 @@ def main():
     parser.add_argument("--lr", type=float, default=RECOVERY["lr"])
     parser.add_argument("--epochs", type=int, default=RECOVERY["epochs"])
     args = parser.parse_args()
+    from training import train_version  # Lightning, only past --help
     with tempfile.TemporaryDirectory() as tmp:
         # random AlexNet weights where torchvision looks for the ImageNet ones, as the tests' fixture
         write_random_weights(os.path.join(tmp, "torch_home"), nets=("alex",))

@@ -14,7 +14,7 @@ import torch
 import evaluation
 from experiment import main
 from helpers import (IMAGES_PER_NET, LIMIT, assert_scores_equal, cli_error, expected_scores, lpips_2afc, lpips_jnd,
-                     lpips_reference, read_results_csv, reference_distance, reference_features, run_experiment,
+                     lpips_reference, read_results_csv, reference_distance, reference_features, run_cli, run_experiment,
                      table_cells, table_row, values)
 from metric import ALL_CONFIGS, METHODS, DistanceMetric, score_2afc, score_jnd
 from results import result_key, results_table
@@ -305,8 +305,8 @@ def test_table_aggregates_versions_and_marks_missing_cells():
 
 def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
     env = {**os.environ, "TORCH_HOME": weights_home["home"]}
-    shown = subprocess.run([sys.executable, "experiment.py", "--help"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    code, shown, _ = run_cli(main, ["--help"])
+    assert code == 0
     for flag in ("--net", "--method", "--channel-norm", "--variant", "--normalize", "--lpips-weights", "--data-root",
                  "--no-download", "--splits", "--subsplits", "--limit", "--batch-size", "--num-workers", "--device",
                  "--out", "--overwrite", "--seed"):
