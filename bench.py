@@ -1,9 +1,9 @@
 """Benchmark: one 2AFC batch through our metric, the lpips package and the bare backbone.
 
 For each network, a batch of B (ref, p0, p1) triplets is timed as the minimum over
-several runs after warm-up, in one process:
+several runs after warm-up, in one process, the contenders taking turns within each run:
 
-  1. floor   the bare torchvision trunk on the batch's 3*B images
+  1. floor   the bare torchvision trunk, up to the last extraction point, on the batch's 3*B images
   2. ours-1  official LPIPS with our metric: features once per image, the ref shared
   3. ours-10 all ten baseline configurations from that same single pass
   4. lpips   the lpips package doing the same 2AFC work (two calls, as its scorer does)
@@ -61,7 +61,7 @@ from cli import device_arg, non_negative_int, positive_int
 from dataset_collector import write_synthetic
 from evaluation import PAIRS, bapps_sets, evaluate, evaluate_net, make_loader
 from image_io import load_image
-from loss_networks import LPIPS_NETS, build_classifier, canonical_net, checkpoint_path
+from loss_networks import LPIPS_NETS, FeatureExtractor, build_classifier, canonical_net, checkpoint_path
 from metric import ALL_CONFIGS, COLORSPACES, PIXEL_CONFIG, PIXEL_METRICS, DistanceMetric, batch_distances
 from pixel_metrics import PixelMetric, compare_ssim
 from results import run_columns
@@ -124,21 +124,30 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def best_time(fn, device, repeats, warmup):
-    """Minimum wall time of fn() in milliseconds; CUDA work is synchronised before each reading."""
+def best_times(contenders, device, repeats, warmup):
+    """{name: minimum wall time in milliseconds} of each of `contenders` ({name: fn}), timed in turn within
+    each repeat, so that a machine's drift (threads waking, another process) reaches all of them alike;
+    CUDA work is synchronised before each reading."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in contenders.values():
+            fn()
+    times = {name: [] for name in contenders}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+        for name, fn in contenders.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * min(seconds) for name, seconds in times.items()}
+
+
+def best_time(fn, device, repeats, warmup):
+    """Minimum wall time of fn() in milliseconds (`best_times` of one contender)."""
+    return best_times({"fn": fn}, device, repeats, warmup)["fn"]
 
 
 def lpips_package(net, metric, device):
@@ -165,7 +174,7 @@ def bench_net(net, args, device):
     generator = torch.Generator().manual_seed(0)
     ref, p0, p1 = (torch.rand(args.batch, 3, args.size, args.size, generator=generator).to(device)
                    for _ in range(3))
-    trunk = build_classifier(net, pretrained).features.to(device).eval()
+    trunk = FeatureExtractor(net, pretrained=pretrained).features.to(device).eval()
     official = DistanceMetric(net, lin=True, normalize="lpips", lpips_weights="official",
                               pretrained=pretrained).to(device)
     baseline = DistanceMetric(net, pretrained=pretrained).to(device)
@@ -181,7 +190,7 @@ def bench_net(net, args, device):
         "seed": lambda: [(m(ref, p0), m(ref, p1)) for m in singles],
     }
     with torch.inference_mode():
-        ms = {name: best_time(fn, device, args.repeats, args.warmup) for name, fn in contenders.items()}
+        ms = best_times(contenders, device, args.repeats, args.warmup)
         ours = triplet_distances(official, official.configs(), ref, p0, p1)[official.configs()[0]][0]
         theirs = package(2 * ref - 1, 2 * p0 - 1).flatten()
     agreement = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
