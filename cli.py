@@ -29,7 +29,8 @@ except ImportError:  # Windows: no advisory locks
 
 from loss_networks import (NETWORKS, FeatureExtractor, WeightsUnavailableError, canonical_net, checkpoint_path,
                            fetch_pretrained)
-from metric import METHODS, OFFICIAL_VERSIONS, PIXEL_METRICS, DistanceMetric, config_points, official_lpips_path
+from metric import (COLORSPACES, METHODS, NORMALIZATIONS, NOT_APPLICABLE, OFFICIAL_VERSIONS, PIXEL_METRICS, VARIANTS,
+                    DistanceMetric, config_points, official_lpips_path)
 
 CHANNEL_NORMS = {"on": (True,), "off": (False,), "both": (True, False)}
 SEED_LIMIT = 2 ** 32  # numpy's generators take seeds below it
@@ -116,6 +117,37 @@ def seed_arg(text):
 
 
 # ---------------------------------------------------------------- backbone weights
+
+
+def add_config_flags(parser, variants=VARIANTS, variant_help="", defaults=True):
+    """--method, --channel-norm, --variant and the input flags (`add_input_flags`): how images are compared.
+    Without `defaults`, --method and --channel-norm are None when not given (to tell them from a choice)."""
+    parser.add_argument("--method", nargs="+", default=["spatial"] if defaults else None,
+                        choices=[*METHODS, "all"], metavar="METHOD",
+                        help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
+                             f"default: spatial")
+    parser.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS), default="on" if defaults else None,
+                        help="normalise activations over channels: on, off, or both (each) (default: on)")
+    parser.add_argument("--variant", choices=variants, default="baseline",
+                        help=f"baseline: plain sum over channels; lin: LPIPS linear weights from --lpips-weights"
+                             f"{variant_help} (default: %(default)s)")
+    add_input_flags(parser)
+
+
+def add_input_flags(parser):
+    """--lpips-weights, --normalize and --colorspace, the same in every front door that compares images."""
+    parser.add_argument("--lpips-weights", metavar="PATH|official|official-v0.0",
+                        help="linear weights for --variant lin: 'official' (LPIPS v0.1, shipped with the lpips "
+                             "package; with --normalize lpips this is lpips.LPIPS), 'official-v0.0' (LPIPS v0.0; "
+                             "with --normalize signed, lpips.LPIPS(version='0.0')) or an LPIPS-format file; a file "
+                             "in a folder version_K gives its rows version K")
+    parser.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
+                        help="the networks' input normalisation; lpips: the one LPIPS v0.1's weights were trained "
+                             "with; signed: 2x - 1 alone, LPIPS v0.0's input (default: %(default)s)")
+    parser.add_argument("--colorspace", choices=COLORSPACES, default="Lab",
+                        help="where the pixel metrics l2 and ssim compare, as LPIPS's --colorspace: Lab (the 8-bit "
+                             "image in CIE Lab, range 100) or RGB; their rows have normalize lab or rgb and "
+                             f"'{NOT_APPLICABLE}' in the columns that do not apply to them (default: %(default)s)")
 
 
 def add_weights_flags(parser, seed_help="the seed of --random-init's weights"):

@@ -46,13 +46,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, atomic_open, build_metrics, device_arg,
-                 positive_int, preflight, requested_configs, run_main, write_atomic)
+from cli import (Backbones, UserError, add_config_flags, add_weights_flags, atomic_open, build_metrics,
+                 device_arg, positive_int, preflight, requested_configs, run_main, write_atomic)
 from image_io import IMAGE_EXTENSIONS, image_files
 from image_stream import MAX_BATCH, auto_batch_size, auto_workers, image_batches, size_mismatch
 from loss_networks import canonical_net, layers_text
-from metric import (ALL_CONFIGS, COLORSPACES, METHODS, NORMALIZATIONS, NOT_APPLICABLE, PIXEL_CONFIG, PIXEL_METRICS,
-                    batch_distances, compare_views, metrics_views)
+from metric import (ALL_CONFIGS, NOT_APPLICABLE, PIXEL_CONFIG, PIXEL_METRICS, batch_distances, compare_views,
+                    metrics_views)
 
 PAIR_COLUMNS = ("path0", "path1", "distance")
 CONFIG_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize")
@@ -477,34 +477,18 @@ def parse_args(argv=None):
 
 
 def add_metric_flags(config):
-    """--net, --layers, --method, --channel-norm, --all-configs, --variant, --lpips-weights, --normalize,
-    --colorspace, --device."""
+    """--net, --layers, the configuration flags (`cli.add_config_flags`: --method, --channel-norm, --variant,
+    --lpips-weights, --normalize, --colorspace), --all-configs, --device."""
     config.add_argument("--net", nargs="+", default=["alex"], metavar="NET",
                         help="loss networks, names experiment.py's --net takes (alex, squeeze, vgg, resnet50, ...), "
                              "and the pixel metrics l2 and ssim (LPIPS's L2 and DSSIM), alone or beside networks; "
                              "the net column tells their rows apart (default: alex)")
     config.add_argument("--layers", nargs="+", type=int, metavar="N",
                         help="extraction points of the networks (default: the LPIPS layers)")
-    config.add_argument("--method", nargs="+", choices=[*METHODS, "all"], metavar="METHOD",
-                        help=f"{', '.join(METHODS)}, or all (default: spatial)")
-    config.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS),
-                        help="normalise activations over channels: on, off, or both (default: on)")
+    add_config_flags(config, VARIANTS, defaults=False)
     config.add_argument("--all-configs", action="store_true",
                         help="the ten baseline configurations (--method all --channel-norm both) from one "
                              "backbone pass per image")
-    config.add_argument("--variant", choices=VARIANTS, default="baseline",
-                        help="baseline: plain sum over channels; lin: LPIPS linear weights from --lpips-weights "
-                             "(default: %(default)s)")
-    config.add_argument("--lpips-weights", metavar="PATH|official|official-v0.0",
-                        help="linear weights for --variant lin: official (LPIPS v0.1: with --normalize lpips this "
-                             "is lpips.LPIPS), official-v0.0 (LPIPS v0.0: with --normalize signed this is "
-                             "lpips.LPIPS(version='0.0')) or an LPIPS-format file")
-    config.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
-                        help="the networks' input normalisation; lpips: the one LPIPS v0.1's weights were trained "
-                             "with; signed: 2x - 1 alone, LPIPS v0.0's input (default: %(default)s)")
-    config.add_argument("--colorspace", choices=COLORSPACES, default="Lab",
-                        help="where l2 and ssim compare, as experiment.py: Lab (the 8-bit image in CIE Lab) or "
-                             "RGB; their rows have normalize lab or rgb (default: %(default)s)")
     config.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: %(default)s)")
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from cli import (CHANNEL_NORMS, Backbones, add_weights_flags, build_metrics, check_writable, pick_device, preflight,
-                 requested_configs, run_main)
+from cli import (Backbones, add_config_flags, add_weights_flags, build_metrics, check_writable,
+                 pick_device, preflight, requested_configs, run_main)
 from bapps_archives import SUBSPLITS, retry_settings
 from bootstrap import METHOD
 from distance_files import FOLDER as DISTANCES_FOLDER
@@ -69,7 +69,7 @@ def build_parser():
                     "Results go to OUT/results.csv (configurations already there are skipped) and the "
                     "table to OUT/results.md.")
     add_network_flags(parser)
-    add_metric_flags(parser)
+    add_config_flags(parser, variant_help="; tune, scratch: trained backbones, need --train")
     add_data_flags(parser)
     add_weights_flags(parser, seed_help="the seed of --random-init's weights and of training (version k: "
                                         "seed + k)")
@@ -104,31 +104,6 @@ def add_network_flags(parser):
                         help="paper: the original repository's grid, 14 networks at four points each: "
                              + ", ".join(f"{net} {'-'.join(map(str, points))}" for net, points in PRESET.items())
                              + "; whole, or point by point with --per-layer; --net picks some of them")
-
-
-def add_metric_flags(parser):
-    """--method, --channel-norm, --variant, --normalize, --colorspace, --lpips-weights: how images are compared."""
-    parser.add_argument("--method", nargs="+", default=["spatial"], choices=[*METHODS, "all"], metavar="METHOD",
-                        help=f"how activations are compared: {', '.join(METHODS)}, or all (the five); "
-                             f"default: spatial")
-    parser.add_argument("--channel-norm", choices=tuple(CHANNEL_NORMS), default="on",
-                        help="normalise activations over channels; both: evaluate with and without "
-                             "(default: %(default)s)")
-    parser.add_argument("--variant", choices=VARIANTS, default="baseline",
-                        help="baseline: plain sum over channels; lin: LPIPS linear weights from --lpips-weights; "
-                             "tune, scratch: trained backbones, need --train (default: %(default)s)")
-    parser.add_argument("--normalize", choices=tuple(NORMALIZATIONS), default="imagenet",
-                        help="input normalisation; lpips: the one LPIPS v0.1's weights were trained with; signed: "
-                             "2x - 1 alone, LPIPS v0.0's input (default: %(default)s)")
-    parser.add_argument("--colorspace", choices=COLORSPACES, default="Lab",
-                        help="where the pixel metrics l2 and ssim compare, as LPIPS's --colorspace: Lab (the 8-bit "
-                             "image in CIE Lab, range 100) or RGB; their rows have normalize lab or rgb and "
-                             f"'{NOT_APPLICABLE}' in layers, variant, method, channel_norm and weights "
-                             "(default: %(default)s)")
-    parser.add_argument("--lpips-weights", metavar="PATH|official|official-v0.0",
-                        help="linear weights for --variant lin: 'official' (LPIPS v0.1, shipped with the lpips "
-                             "package; with --normalize lpips), 'official-v0.0' (LPIPS v0.0; with --normalize "
-                             "signed) or an LPIPS-format file; a file in a folder version_K gives its rows version K")
 
 
 def add_data_flags(parser):
