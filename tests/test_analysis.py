@@ -140,10 +140,18 @@ def test_runs_accumulate_reuse_and_overwrite(synthetic, torch_home, tmp_path, mo
     cells = sort_lines[1].split(",")
     edited = ",".join([*cells[:8], "9.5", *cells[9:]])
     (out / "results.csv").write_text((out / "results.csv").read_text().replace(sort_lines[1], edited))
+    figures, png_bytes = [], analysis.png_bytes
+    monkeypatch.setattr(analysis, "png_bytes", lambda fig, **k: figures.append(fig) or png_bytes(fig, **k))
     analysis.main(analysis_args(folder, out, "--method", "sort", "--channel-norm", "off", "--overwrite"))
     assert passed and read_rows(out / "results.csv") == rows  # the edited row recomputed, mean's kept
     summary = read_rows(out / "summary.csv")
     assert [(s["method"], s["this_run"]) for s in summary] == [("sort", "computed"), ("mean", "earlier")]
+    (fig,) = figures
+    labels = fig.axes[0].get_yticklabels()
+    assert "Flaw analysis" in fig._suptitle.get_text()
+    assert [t.get_text() for t in labels] == [f"alex [1-4-7-9-11] {rows[0]['weights']} | {m}, no norm"
+                                              for m in ("sort", "mean")]
+    assert [t.get_fontweight() for t in labels] == ["bold", "normal"]
 
 
 def test_other_images_or_weights_are_computed_anew_beside_the_old_rows(synthetic, torch_home, tmp_path,
