@@ -41,7 +41,8 @@ def test_help_runs():
     done = subprocess.run([sys.executable, "feature_map.py", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    flags = ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show")
+    flags = ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show",
+             "--shared-scale")
     for flag in flags:
         assert flag in done.stdout
 
