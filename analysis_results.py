@@ -43,7 +43,9 @@ def config_key(row):
 
 
 def cell_text(value):
-    """A value as results.csv writes it: floats exactly (repr), bools as true/false."""
+    """A value as results.csv writes it: floats exactly (repr), bools as true/false, None as empty."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return str(value).lower()
     return repr(value) if isinstance(value, float) else str(value)
