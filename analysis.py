@@ -15,23 +15,33 @@ error, and so is a `closer_than:` rule naming the case's own variant. For each n
 through the backbone once and each method's view of it is computed once; all
 configurations are compared from those views.
 
-Outputs in OUT (`--out`, default `logs`, checked writable before anything is computed),
-written only after every distance is known and all or nothing (each written in full to a
-temporary folder in OUT, then renamed over the old one; Ctrl-C or an error leaves the old
-outputs as they were):
+Outputs in OUT (`--out`, default `logs`, checked writable, and its results.csv readable, before anything is
+computed). Runs accumulate: a configuration (net, layers, weights, image set, method, channel norm) that
+results.csv already holds for every case is reused, not recomputed (`--overwrite` recomputes the ones asked
+for, replacing only their rows); the others are added; nothing earlier is lost. The outputs are written after
+every distance is known, under a lock of OUT (two runs writing there at once keep the rows of both) and all or
+nothing (each written in full to a temporary folder in OUT, then renamed over the old one; Ctrl-C or an error
+leaves the old outputs as they were):
 
-- `results.csv`: one row per net, method, channel norm and case, columns
+- `results.csv`: one row per configuration and case, columns
   `net,layers,method,channel_norm,category,image,variant,rule,distance,threshold_distance,
-  threshold_image,success` then `ref:<file>` for each reference. `distance` is image to
-  variant; `threshold_distance` is what it must beat: the smallest reference distance
-  (`threshold_image` names that reference) or the distance from the image to the other
-  variant of a `closer_than:` rule; `success` is `distance < threshold_distance`.
-  `ref:<file>` is the distance from the image to `ref/<file>`, for every rule.
-  `net` is canonical (`alex`, `squeeze`, `vgg`, or the torchvision name); `layers` the
-  extraction points joined by `-`; `channel_norm` and `success` are `true`/`false`.
-- `summary.csv`, `summary.md`: rows net, method, channel norm; one column per category
-  and `total`, each cell `successes/cases`.
-- `summary.png`: the same table as a heat map (success rate), each cell labelled.
+  threshold_image,success,weights,images` then `ref:<file>` for each reference (empty for the rows of an image
+  set without that reference). `distance` is image to variant; `threshold_distance` is what it must beat: the
+  smallest reference distance (`threshold_image` names that reference) or the distance from the image to the
+  other variant of a `closer_than:` rule; `success` is `distance < threshold_distance`. `ref:<file>` is the
+  distance from the image to `ref/<file>`, for every rule. `net` is canonical (`alex`, `squeeze`, `vgg`, or the
+  torchvision name); `layers` the extraction points joined by `-`; `channel_norm` and `success` are
+  `true`/`false`; `weights` as in experiment.py's results (`alexnet-owt-7be5be79.pth@<start of its SHA-256>`,
+  `random:seed<k>`); `images` the image set, `<folder name>:<start of a SHA-256>` of the manifest, of every
+  image file the cases read (relative path and content) and of `--size` (`@<N>px` added with it). A file
+  written before `layers`, `weights` or `images` existed is read with the net's default points and `unknown`
+  weights and images: its rows are kept and summarised, never reused.
+- `summary.csv`, `summary.md`: every configuration of results.csv, a row each: `net,layers,weights,images,
+  method,channel_norm`, `this_run` (`computed` or `reused` by this run, `earlier` for the others), then one
+  column per category and `total`, each cell `successes/cases` (`-`: no case of that category). The run prints
+  the rows of its own configurations.
+- `summary.png`: the same table as a heat map (success rate), each cell labelled, each row by its net, points,
+  weights, method and channel norm, this run's in bold.
 
 `--sweep translate rotate invert stain` runs graded sweeps instead (`sweeps.py`): every original
 image of the manifest transformed at a series of magnitudes (`NAME=M1,M2,...` chooses them), for
@@ -71,8 +81,10 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from analysis_results import (KEY_COLUMNS, RESULT_COLUMNS, cell_text, complete_configs, config_key, csv_text,
+                              image_set_identity, markdown_table, merge_rows, read_results, summarize, summary_rows)
 from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg,
-                 network_name, positive_int, preflight, requested_configs, run_main, write_atomic)
+                 locked, network_name, positive_int, preflight, requested_configs, run_main, write_atomic)
 import sweeps
 from image_io import image_files, load_image
 from loss_networks import LPIPS_NETS, check_layers, layers_text
@@ -80,8 +92,6 @@ from metric import METHODS
 from results import weights_identity
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
-RESULT_COLUMNS = ("net", "layers", "method", "channel_norm", "category", "image", "variant", "rule", "distance",
-                  "threshold_distance", "threshold_image", "success")
 OUTPUTS = ("results.csv", "summary.csv", "summary.md", "summary.png")
 RULE_REFS = "closer_than_refs"
 RULE_OTHER = "closer_than:"
@@ -229,105 +239,105 @@ def ref_column(ref):
     return "ref:" + ref[len(REF_FOLDER) + 1:]
 
 
-def case_rows(net, layers, configs, cases, refs, distances):
-    """One result row per configuration and case (values typed: floats and bools)."""
+def case_rows(run, configs, cases, refs, distances):
+    """One result row per configuration and case, as results.csv writes it; `run` holds the net, layers,
+    weights and images columns."""
     rows = []
     for method, norm in configs:
         for case in cases:
             d = {p: distances[case.image, p][method, norm]
                  for p in (case.variant, case.other, *refs) if p is not None}
             threshold_image = case.other if case.other is not None else min(refs, key=d.__getitem__)
-            row = dict(net=net, layers=layers_text(layers), method=method, channel_norm=norm,
+            row = dict(run, method=method, channel_norm=norm,
                        category=case.category, image=case.image, variant=case.variant, rule=case.rule,
                        distance=d[case.variant], threshold_distance=d[threshold_image], threshold_image=threshold_image,
                        success=d[case.variant] < d[threshold_image])
-            rows.append(row | {ref_column(ref): d[ref] for ref in refs})
+            rows.append({column: cell_text(value) for column, value in
+                         (row | {ref_column(ref): d[ref] for ref in refs}).items()})
     return rows
 
 
-def csv_text(header, rows):
-    """CSV of `rows` (lists); floats written exactly (repr), bools as true/false."""
-    def cell(value):
-        if isinstance(value, bool):
-            return str(value).lower()
-        return repr(value) if isinstance(value, float) else value
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([cell(v) for v in row] for row in rows)
-    return buffer.getvalue()
+def summary_label(config, several_image_sets):
+    """A summary.png row's label: net, points, weights, (image set), method, channel norm."""
+    net, layers, weights, images, method, norm = config
+    where = f", images {images}" if several_image_sets else ""
+    return f"{net} [{layers}] {weights}{where} | {method}, {'norm' if norm == 'true' else 'no norm'}"
 
 
-def summarize(rows):
-    """(columns, {(net, method, channel_norm): {column: (successes, cases)}}); columns: categories, total."""
-    columns = list(dict.fromkeys(row["category"] for row in rows)) + ["total"]
-    table = {}
-    for row in rows:
-        cells = table.setdefault((row["net"], row["method"], row["channel_norm"]), {})
-        for column in (row["category"], "total"):
-            k, n = cells.get(column, (0, 0))
-            cells[column] = (k + row["success"], n + 1)
-    return columns, table
-
-
-def summary_rows(columns, table):
-    """The summary as rows of strings: net, method, channel norm, then `successes/cases` per column."""
-    return [[net, method, str(norm).lower(), *(f"{k}/{n}" for k, n in (cells.get(c, (0, 0)) for c in columns))]
-            for (net, method, norm), cells in table.items()]
-
-
-def markdown_table(header, rows):
-    lines = [header, ["---"] * len(header), *rows]
-    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
-
-
-def plot_summary(columns, table):
-    """PNG bytes of the summary heat map: success rate coloured, each cell labelled successes/cases."""
-    labels = [f"{net} / {method} / {'norm' if norm else 'no norm'}" for net, method, norm in table]
+def plot_summary(columns, table, status):
+    """PNG bytes of the summary heat map: success rate coloured, each cell labelled successes/cases, a row per
+    configuration labelled with its points and weights, this run's rows in bold."""
+    image_sets = {config[KEY_COLUMNS.index("images")] for config in table}
+    labels = [summary_label(config, len(image_sets) > 1) for config in table]
     cells = [[cells.get(c, (0, 0)) for c in columns] for cells in table.values()]
     rates = [[k / n if n else float("nan") for k, n in row] for row in cells]
-    fig = Figure(figsize=(1.2 * len(columns) + 3.5, 0.3 * len(labels) + 1.5), layout="constrained")
+    fig = Figure(figsize=(1.1 * len(columns) + 0.075 * max(map(len, labels)) + 2, 0.3 * len(labels) + 2.2),
+                 layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for i, row in enumerate(cells):
         for j, (k, n) in enumerate(row):
-            ax.text(j, i, f"{k}/{n}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, f"{k}/{n}" if n else "-", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for tick, config in zip(ax.get_yticklabels(), table):
+        tick.set_fontweight("bold" if config in status else "normal")
     ax.xaxis.tick_top()
-    fig.colorbar(image, ax=ax, label="successes / cases")
+    fig.colorbar(image, ax=ax, label="success rate (cell: successes / cases)")
+    shown = f"image set {image_sets.pop()}" if len(image_sets) == 1 else f"{len(image_sets)} image sets"
+    fig.suptitle(f"Flaw analysis: does the variant stay closer than its threshold? ({shown})\n"
+                 f"{len(table)} configurations of results.csv, net [extraction points] weights | method, channel "
+                 f"norm; bold: this run's", fontsize=9)
     return png_bytes(fig)
 
 
-def analyse(image_dir, nets, configs, size=None, device="cpu", backbones=Backbones(), batch_size=16, layers=None):
-    """(rows, refs): result rows for every net, configuration and case of the manifest; `layers`, the
-    extraction points of every net (default: each net's own)."""
+def analyse(image_dir, nets, configs, results=None, size=None, device="cpu", backbones=Backbones(), batch_size=16,
+            layers=None, overwrite=False):
+    """(rows, refs, status): result rows for every net and configuration of `configs` that the results.csv at
+    `results` (None: none) lacks on these images and weights (all of them with `overwrite`), and {KEY_COLUMNS
+    values: "computed" or "reused"}. `layers`: the extraction points of every net (default: each net's own).
+    The manifest, the images, results.csv and the weights are all checked before anything is computed."""
     cases = read_manifest(image_dir)
     refs = find_refs(image_dir, cases)
+    earlier = read_results(results)[0] if results is not None else []
     preflight(nets, backbones)
     pairs = case_pairs(cases, refs)
-    rows = []
+    images = image_set_identity(image_dir, {path for pair in pairs for path in pair}, size)
+    done = set() if overwrite else complete_configs(earlier, cases)
+    rows, status = [], {}
     for net in nets:
-        metric = build_metric(net, backbones, device, layers)
-        distances = pair_distances(metric, image_dir, pairs, configs, size, device, batch_size, desc=net)
-        rows += case_rows(net, metric.net.layers, configs, cases, refs, distances)
-    return rows, refs
+        run = {"net": net, "layers": layers_text(check_layers(net, layers)), "images": images,
+               "weights": weights_identity(net, backbones.file(net), random_seed=backbones.random_seed)}
+        keys = {(m, n): config_key(run | {"method": m, "channel_norm": cell_text(n)}) for m, n in configs}
+        todo = [config for config in configs if keys[config] not in done]
+        status.update((keys[config], "computed" if config in todo else "reused") for config in configs)
+        if todo:
+            metric = build_metric(net, backbones, device, layers)
+            distances = pair_distances(metric, image_dir, pairs, todo, size, device, batch_size, desc=net)
+            rows += case_rows(run, todo, cases, refs, distances)
+    return rows, refs, status
 
 
-def write_outputs(out, rows, refs):
-    """results.csv, summary.csv, summary.md and summary.png in `out`; returns (paths, markdown)."""
-    header = [*RESULT_COLUMNS, *map(ref_column, refs)]
-    columns, table = summarize(rows)
-    summary_header = ["net", "method", "channel_norm", *columns]
-    summary = summary_rows(columns, table)
-    markdown = markdown_table(summary_header, summary)
-    contents = dict(zip(OUTPUTS, (
-        csv_text(header, [[row[c] for c in header] for row in rows]).encode(),
-        csv_text(summary_header, summary).encode(),
-        markdown.encode(),
-        plot_summary(columns, table),
-    )))
-    return write_files(out, contents), markdown
+def write_outputs(out, rows, refs, status):
+    """Merge `rows` into OUT/results.csv and write the summaries of every configuration in it, all or nothing,
+    under the folder's lock (a run writing at the same time waits, and its rows are kept too). Returns (paths,
+    the markdown summary of this run's configurations)."""
+    with locked(out, waiting=f"waiting for another analysis.py writing into {out}"):
+        earlier, ref_columns = read_results(os.path.join(out, "results.csv"))
+        merged = merge_rows(earlier, rows)
+        header = [*RESULT_COLUMNS, *dict.fromkeys([*ref_columns, *map(ref_column, refs)])]
+        columns, table = summarize(merged)
+        summary_header = [*KEY_COLUMNS, "this_run", *columns]
+        summary = summary_rows(columns, table, status)
+        contents = dict(zip(OUTPUTS, (
+            csv_text(header, [[row.get(c, "") for c in header] for row in merged]).encode(),
+            csv_text(summary_header, summary).encode(),
+            markdown_table(summary_header, summary).encode(),
+            plot_summary(columns, table, status),
+        )))
+        paths = write_files(out, contents)
+    mine = markdown_table(summary_header, [line for line in summary if line[len(KEY_COLUMNS)] != "earlier"])
+    return paths, mine + f"(summary.md: all {len(summary)} configurations of {paths[0]})\n"
 
 
 def write_files(out, contents):
@@ -408,8 +418,8 @@ def sweep_figure(transform, rows, refs):
         ax.legend(fontsize=7, title="method, channel norm (tolerance)", title_fontsize=7, loc="upper center",
                   bbox_to_anchor=(0.5, -0.13), ncols=2, handlelength=3)
     fig.suptitle(f"{transform.name} sweep: mean over {images} image{'s' * (images > 1)}, {len(refs)} references\n"
-                 f"tolerance: the largest magnitude up to which an image stays\ncloser than every reference (the median "
-                 f"over the images)", fontsize=9)
+                 f"tolerance: the largest magnitude up to which an image stays\ncloser than every reference "
+                 f"(the median over the images)", fontsize=9)
     return fig
 
 
@@ -497,6 +507,9 @@ def parse_args(argv=None):
                              "NAME: " + "; ".join(f"{t.name} ({t.axis}, default {','.join(map(str, t.magnitudes))})"
                                                   for t in sweeps.TRANSFORMS.values())
                              + "; NAME=M1,M2,... sets the magnitudes (0 is always added)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute the configurations asked for even where OUT/results.csv holds them for these "
+                             "images and weights (their rows are replaced; the others are kept)")
     add_weights_flags(parser)
     args = parser.parse_args(argv)
     try:
@@ -515,9 +528,10 @@ def run(args):
     if args.sweep:
         return run_sweeps(args, configs)
     check_writable(args.out, OUTPUTS)
-    rows, refs = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs, args.size, args.device,
-                         Backbones.from_flags(args), args.batch_size, args.layers)
-    paths, markdown = write_outputs(args.out, rows, refs)
+    rows, refs, status = analyse(args.image_dir, list(dict.fromkeys(args.net)), configs,
+                                 os.path.join(args.out, "results.csv"), args.size, args.device,
+                                 Backbones.from_flags(args), args.batch_size, args.layers, args.overwrite)
+    paths, markdown = write_outputs(args.out, rows, refs, status)
     print(markdown, end="")
     print("wrote " + ", ".join(paths))
 

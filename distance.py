@@ -26,7 +26,9 @@ with --layer-columns); --out writes the CSV row(s) as well.
 
 All pairs: one row per image and configuration: path, the distance to each image of
 the folder (columns in the order of the rows), then the configuration columns. --plot
-draws the matrix as a PNG heat map.
+draws the matrices as a PNG heat map (matrix_plot.py): a panel per configuration, titled with
+it and its weights, the diagonal blank, values in the cells up to 12 images, file names as
+ticks up to 30 and beyond that indices with a key of file names beside the matrices.
 
 Images load as image_io.load_image reads them: RGB, transparency composited over white,
 grayscale replicated. The two images of a pair must have one size, or --size N resizes
@@ -37,7 +39,6 @@ one, and each image goes through each backbone once for all configurations.
 import argparse
 import contextlib
 import csv
-import io
 import math
 import os
 import sys
@@ -396,26 +397,12 @@ def distance_matrices(nets, stores, n, chunk):
     return matrices
 
 
-def plot_matrices(matrices, names, columns):
-    """The matrices as heat maps, one panel per configuration (titled by its `columns`), as PNG bytes."""
-    from matplotlib.figure import Figure  # only --plot needs matplotlib
-    count = len(matrices)
-    width = min(count, 5)
-    rows = math.ceil(count / width)
-    fig = Figure(figsize=(4.5 * width, 4 * rows + 0.5), layout="constrained")
-    for ax, (key, matrix) in zip(fig.subplots(rows, width, squeeze=False).flat, matrices.items()):
-        off_diagonal = matrix.clone().fill_diagonal_(float("nan"))  # the zeros would set the colour scale
-        image = ax.imshow(off_diagonal.numpy(), cmap="viridis")
-        net, _, _, method, norm, normalize = columns[key]
-        ax.set_title(f"{net} ({normalize})" if net in PIXEL_METRICS else
-                     f"{net}, {method}, channel norm {'on' if norm == 'true' else 'off'}")
-        if len(names) <= 30:
-            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
-            ax.set_yticks(range(len(names)), names, fontsize=6)
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+def matrix_weights(args, nets):
+    """{net: the weights it ran with, as experiment.py's results name them} (`-` for the pixel metrics)."""
+    from results import weights_identity  # only --plot needs it
+    backbones = Backbones.from_flags(args)
+    return {net: NOT_APPLICABLE if net in PIXEL_METRICS else
+            weights_identity(net, backbones.file(net), args.lpips_weights, backbones.random_seed) for net in nets}
 
 
 def all_pairs(args, nets, folder, names, device):
@@ -432,7 +419,8 @@ def all_pairs(args, nets, folder, names, device):
         for key, matrix in matrices.items():
             writer.writerows([name, *map(number, row), *columns[key]] for name, row in zip(names, matrix.tolist()))
     if args.plot is not None:
-        write_atomic(args.plot, plot_matrices(matrices, names, columns))
+        from matrix_plot import plot_matrices  # only --plot needs matplotlib
+        write_atomic(args.plot, plot_matrices(matrices, names, columns, matrix_weights(args, nets)))
     report = sys.stdout if args.out else sys.stderr
     upper = torch.ones(len(names), len(names), dtype=torch.bool).triu(1)
     values = {key: matrix[upper].double() for key, matrix in matrices.items()}

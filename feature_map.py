@@ -10,12 +10,13 @@ every given substring, ignoring case; `--path` names a file directly.
 
 An image's pictures are named after its path under `--image-dir` without the extension
 (`<name>`: `rotate/clouds`, so that `translate/clouds.png` does not overwrite them), or
-after its file name when it lies elsewhere. For each extraction layer k of the network
-(its default points or `--layers`, k = 0, 1, ... in network order)
-`OUT/<name>_<net>_layer<k>.png` shows the first `--max-channels` channels as a grid: the
-raw activations on the left, the channel-normalised ones (divided by the L2 norm over
-channels at each position) on the right. Each channel map is stretched to [0, 1] on its
-own for display.
+after its file name when it lies elsewhere. For each extraction point k of the network
+(its default points or `--layers`, counted as experiment.py counts them: `--layers 1 4` gives
+`point1` and `point4`) `OUT/<name>_<net>_point<k>.png` shows a thumbnail of the image, then
+the first `--max-channels` channels as a grid: the raw activations, and apart from them the
+channel-normalised ones (divided by the L2 norm over channels at each position). Each
+channel map is stretched to [0, 1] on its own for display; `--shared-scale` draws every
+value of both grids on one colour scale instead, so that what channel norm changes shows.
 
 With `--compare PATH`, `OUT/<name>_vs_<name2>_<net>_<method>_<norm|raw>.png` (`/` in
 `<name2>` written as `-`) shows both
@@ -24,9 +25,10 @@ images and the per-pixel distance map of `--method` overlaid on the first
 the sum over channels of the squared difference, upsampled (bilinear) to the image size,
 then summed over layers (as LPIPS's spatial output), so the map's mean is close to the
 metric's value. What a position is
-depends on the method: `spatial` compares the same place in both images; `sort`
-compares the k-th smallest value of each channel, laid out row by row over the layer's
-grid, so its map tells where in that order the images differ, not where in the image;
+depends on the method, and the map's title says it: `spatial` compares the same place in
+both images (the map is drawn over the first image); `sort` compares the k-th smallest
+value of each channel, laid out row by row over the layer's grid, so its map tells where in
+that order the images differ, not where in the image (drawn on its own);
 `mean` has one position per layer and adds a constant.
 
 Both images are loaded and checked, and `--out` checked writable, before anything is
@@ -78,12 +80,15 @@ def picture_name(path, image_dir):
     return name.with_suffix("").as_posix()
 
 
-def channel_mosaic(f, max_channels):
-    """The first `max_channels` maps of `f` (C, H, W), each stretched to [0, 1], tiled with NaN gaps."""
+def channel_mosaic(f, max_channels, stretch=True):
+    """The first `max_channels` maps of `f` (C, H, W), each stretched to [0, 1] (`stretch`; else as they are),
+    tiled with NaN gaps."""
     f = f[:max_channels].float().cpu()
     c, h, w = f.shape
-    lo, hi = f.amin((1, 2), keepdim=True), f.amax((1, 2), keepdim=True)
-    f = ((f - lo) / (hi - lo).clamp_min(1e-12)).numpy()
+    if stretch:
+        lo, hi = f.amin((1, 2), keepdim=True), f.amax((1, 2), keepdim=True)
+        f = (f - lo) / (hi - lo).clamp_min(1e-12)
+    f = f.numpy()
     cols = math.ceil(math.sqrt(c))
     rows = math.ceil(c / cols)
     grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
@@ -99,45 +104,77 @@ def png_bytes(fig):
     return buffer.getvalue()
 
 
-def layer_figure(raw, title, max_channels):
-    """PNG bytes: the channels of one activation (C, H, W), raw and channel-normalised side by side."""
+def thumbnail(ax, x, name):
+    """The input image (1, 3, H, W) in `ax`, titled `name`."""
+    ax.imshow(x[0].permute(1, 2, 0).cpu().numpy())
+    ax.set_title(name, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def layer_figure(raw, x, name, title, max_channels, shared_scale=False):
+    """PNG bytes: the input image, then the channels of one activation (C, H, W), raw and channel-normalised,
+    in two framed grids apart; each channel stretched to its own [min, max], or with `shared_scale` all
+    values of both grids on one colour scale."""
     cmap = colormaps["viridis"].with_extremes(bad="white")
-    fig = Figure(figsize=(12, 6.6), layout="constrained")
-    panels = (("raw", raw), ("channel-normalised", channel_normalize(raw[None])[0]))
-    for ax, (name, f) in zip(fig.subplots(1, 2), panels):
-        ax.imshow(channel_mosaic(f, max_channels), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(name)
-        ax.set_axis_off()
+    grids = [channel_mosaic(f, max_channels, stretch=not shared_scale)
+             for f in (raw, channel_normalize(raw[None])[0])]
+    low, high = (0, 1) if not shared_scale else (min(np.nanmin(g) for g in grids), max(np.nanmax(g) for g in grids))
+    fig = Figure(figsize=(13, 6.2), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.08)
+    axes = fig.subplots(1, 3, width_ratios=(1, 3, 3))
+    thumbnail(axes[0], x, f"input\n{name}")
+    for ax, label, grid in zip(axes[1:], ("raw", "channel-normalised (÷ L2 norm over channels)"), grids):
+        image = ax.imshow(grid, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    scale = "one scale for both grids" if shared_scale else "each channel stretched\nto its own [min, max]"
+    fig.colorbar(image, ax=axes[1:], shrink=0.6, label=f"activation, {scale}")
     fig.suptitle(title)
     return png_bytes(fig)
 
 
-def write_feature_maps(metric, x, name, out, max_channels):
-    """One PNG per extraction layer of `metric` for image `x` (1, 3, H, W); returns the paths."""
+def write_feature_maps(metric, x, name, out, max_channels, shared_scale=False):
+    """One PNG per extraction point of `metric` for image `x` (1, 3, H, W), `OUT/<name>_<net>_point<k>.png`
+    for point k; returns the paths."""
     with torch.inference_mode():
         feats = metric.features(x)
     net, paths = metric.net.net, []
-    for k, (index, f) in enumerate(zip(metric.net.layers, feats)):
+    for index, f in zip(metric.net.layers, feats):
         c, h, w = f.shape[1:]
         shown = f", first {max_channels} shown" if c > max_channels else ""
-        where = f"point {index}, {point_names(net)[index]}"
-        title = f"{name}: {net} layer {k} ({where}), {c} channels of {h}x{w}{shown}"
-        paths.append(os.path.join(out, f"{name}_{net}_layer{k}.png"))
-        write_atomic(paths[-1], layer_figure(f[0], title, max_channels))
+        title = f"{name}: {net} point {index} ({point_names(net)[index]}), {c} channels of {h}x{w}{shown}"
+        paths.append(os.path.join(out, f"{name}_{net}_point{index}.png"))
+        write_atomic(paths[-1], layer_figure(f[0], x, name, title, max_channels, shared_scale))
     return paths
 
 
-def compare_figure(x0, x1, dmap, names, title):
-    """PNG bytes: both images, then the distance map overlaid on the first."""
-    fig = Figure(figsize=(13, 4.6), layout="constrained")
+MAP_TITLES = {  # what a position of each method's distance map is (metric.DistanceMetric.distance_map)
+    "spatial": "distance per pixel (the same place in both images)",
+    "sort": "distance per rank, not per pixel: row by row over\neach layer's grid, position k compares the k-th\n"
+            "smallest value of each channel (top left: the smallest)",
+    "mean": "distance of the channel means: one value per layer,\nthe same at every position (no place in the image)",
+    "spatial+sort": "spatial part per pixel + sort part per rank\n(the ranks are not places in the image)",
+    "spatial+mean": "distance per pixel + the channel means' distance\n(a constant added everywhere)",
+}
+ON_THE_IMAGE = ("spatial", "spatial+mean")  # maps whose positions are places in the image
+
+
+def compare_figure(x0, x1, dmap, names, title, method):
+    """PNG bytes: both images, then the distance map of `method`, overlaid on the first image only where its
+    positions are places in the image."""
+    fig = Figure(figsize=(13, 4.9), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, x, name in zip(axes, (x0, x1), names):
         ax.imshow(x[0].permute(1, 2, 0).cpu().numpy())
         ax.set_title(name)
-    axes[2].imshow(x0[0].mean(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-    overlay = axes[2].imshow(dmap.cpu().numpy(), cmap="inferno", alpha=0.6)
-    axes[2].set_title("distance per pixel")
-    fig.colorbar(overlay, ax=axes[2])
+    if method in ON_THE_IMAGE:
+        axes[2].imshow(x0[0].mean(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    # from 0: a distance is never negative, and mean's constant map stays one colour despite rounding
+    overlay = axes[2].imshow(dmap.cpu().numpy(), cmap="inferno", alpha=0.6 if method in ON_THE_IMAGE else 1, vmin=0)
+    axes[2].set_title(MAP_TITLES[method], fontsize=9)
+    fig.colorbar(overlay, ax=axes[2], label="distance (summed over layers)")
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(title)
@@ -154,7 +191,7 @@ def write_distance_map(metric, x0, x1, names, out, method, channel_norm, image_d
              f"distance {value:.4g} (map mean {dmap.mean().item():.4g})")
     first, second = (picture_name(name, image_dir) for name in names)
     path = os.path.join(out, f"{first}_vs_{second.replace('/', '-')}_{metric.net.net}_{method}_{norm}.png")
-    write_atomic(path, compare_figure(x0, x1, dmap, names, title))
+    write_atomic(path, compare_figure(x0, x1, dmap, names, title, method))
     return path
 
 
@@ -177,6 +214,9 @@ def parse_args(argv=None):
                         help="output folder (default: logs/feature_maps)")
     parser.add_argument("--max-channels", type=positive_int, default=64,
                         help="channels shown per layer (default: 64)")
+    parser.add_argument("--shared-scale", action="store_true",
+                        help="draw raw and channel-normalised activations on one colour scale (default: each "
+                             "channel stretched to its own range, which hides what channel norm changes)")
     parser.add_argument("--size", type=positive_int, default=None, help="load the images at SIZE x SIZE")
     parser.add_argument("--compare", metavar="PATH", help="also draw the per-pixel distance to this image")
     parser.add_argument("--method", choices=METHODS, default="spatial",
@@ -208,7 +248,8 @@ def draw(args):
             raise UserError(f"{path} is {tuple(x.shape[2:])} pixels but {args.compare} is "
                             f"{tuple(x1.shape[2:])}: pass --size N to load both at N x N")
     metric = build_metric(args.network, backbones, args.device, args.layers)
-    paths = write_feature_maps(metric, x, picture_name(path, args.image_dir), args.out, args.max_channels)
+    paths = write_feature_maps(metric, x, picture_name(path, args.image_dir), args.out, args.max_channels,
+                               args.shared_scale)
     if args.compare is not None:
         paths.append(write_distance_map(metric, x, x1, (path, args.compare), args.out, args.method,
                                         args.channel_norm == "on", args.image_dir))

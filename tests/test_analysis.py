@@ -1,6 +1,8 @@
 """analysis.py: its distances against the metric on independently loaded pairs, its rules, files and errors."""
 import csv
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +32,12 @@ def synthetic(weights_home, tmp_path_factory):
     return folder, out, read_rows(out / "results.csv")
 
 
-def test_rows_columns_and_rules(synthetic):
-    _, _, rows = synthetic
+def test_rows_columns_and_rules(synthetic, weights_home):
+    folder, _, rows = synthetic
     assert list(rows[0]) == [*analysis.RESULT_COLUMNS, *(f"ref:{Path(r).name}" for r in REFS)]
+    sha = hashlib.sha256(Path(weights_home["alex"]).read_bytes()).hexdigest()[:8]
+    assert {(r["layers"], r["weights"]) for r in rows} == {("1-4-7-9-11", f"alexnet-owt-7be5be79.pth@{sha}")}
+    assert len({r["images"] for r in rows}) == 1 and rows[0]["images"].startswith(f"{folder.name}:")
     assert len(rows) == len(ALL_CONFIGS) * len(CASES)
     assert {(r["net"], r["method"], r["channel_norm"]) for r in rows} == {
         ("alex", m, str(n).lower()) for m, n in ALL_CONFIGS}
@@ -85,8 +90,10 @@ def test_transparent_pixels_are_composited_over_white(synthetic, torch_home):
 def test_summary_counts_successes_per_category_and_configuration(synthetic):
     _, out, rows = synthetic
     summary = read_rows(out / "summary.csv")
-    assert list(summary[0]) == ["net", "method", "channel_norm", "same", "rotate", "stain", "alpha", "total"]
-    assert len(summary) == len(ALL_CONFIGS)
+    assert list(summary[0]) == ["net", "layers", "weights", "images", "method", "channel_norm", "this_run", "same",
+                                "rotate", "stain", "alpha", "total"]
+    assert len(summary) == len(ALL_CONFIGS) and {line["this_run"] for line in summary} == {"computed"}
+    assert {(line["layers"], line["weights"]) for line in summary} == {(rows[0]["layers"], rows[0]["weights"])}
     for line in summary:
         mine = [r for r in rows if (r["net"], r["method"], r["channel_norm"])
                 == (line["net"], line["method"], line["channel_norm"])]
@@ -94,22 +101,117 @@ def test_summary_counts_successes_per_category_and_configuration(synthetic):
             cases = [r for r in mine if column in ("total", r["category"])]
             assert line[column] == f"{sum(r['success'] == 'true' for r in cases)}/{len(cases)}"
     markdown = (out / "summary.md").read_text().splitlines()
-    assert markdown[0] == "| net | method | channel_norm | same | rotate | stain | alpha | total |"
+    assert markdown[0] == ("| net | layers | weights | images | method | channel_norm | this_run | same | rotate | "
+                           "stain | alpha | total |")
     assert markdown[2] == "| " + " | ".join(summary[0].values()) + " |" and len(markdown) == 2 + len(summary)
     with Image.open(out / "summary.png") as picture:
         assert picture.format == "PNG" and picture.width > 200
 
 
-def test_rerun_with_a_subset_overwrites_its_outputs(synthetic, torch_home, tmp_path):
-    folder, first_out, first_rows = synthetic
+def lines_of(path, method):
+    """The results.csv lines (as text) of one method."""
+    return [line for line in Path(path).read_text().splitlines()[1:] if line.split(",")[2] == method]
+
+
+def counting_features(monkeypatch):
+    """A list that grows by the batch size of every backbone pass."""
+    passed, features = [], DistanceMetric.features
+    monkeypatch.setattr(DistanceMetric, "features", lambda self, x: passed.append(len(x)) or features(self, x))
+    return passed
+
+
+def test_runs_accumulate_reuse_and_overwrite(synthetic, torch_home, tmp_path, monkeypatch):
+    folder, _, first_rows = synthetic
     out = tmp_path / "out"
-    for _ in range(2):
-        analysis.main(["--image-dir", str(folder), "--out", str(out), "--net", "alex", "--method", "sort",
-                       "--channel-norm", "off", "--device", "cpu"])
+    passed = counting_features(monkeypatch)
+    analysis.main(analysis_args(folder, out, "--method", "sort", "--channel-norm", "off"))
+    sort_lines = lines_of(out / "results.csv", "sort")
+    assert len(sort_lines) == len(CASES) and passed
+    analysis.main(analysis_args(folder, out, "--method", "mean", "sort", "--channel-norm", "off"))
     rows = read_rows(out / "results.csv")
-    assert {(r["method"], r["channel_norm"]) for r in rows} == {("sort", "false")} and len(rows) == len(CASES)
-    assert rows == [r for r in first_rows if (r["method"], r["channel_norm"]) == ("sort", "false")]
-    assert sorted(os.listdir(out)) == ["results.csv", "summary.csv", "summary.md", "summary.png"]
+    assert lines_of(out / "results.csv", "sort") == sort_lines  # kept byte for byte, not recomputed
+    assert [r["method"] for r in rows] == ["sort"] * len(CASES) + ["mean"] * len(CASES)
+    assert rows == [r for r in first_rows if r["channel_norm"] == "false" and r["method"] in ("sort", "mean")]
+    passed.clear()
+    code, stdout, _ = run_cli(analysis.main, analysis_args(folder, out, "--method", "mean", "sort",
+                                                           "--channel-norm", "off"))
+    assert code == 0 and passed == [] and read_rows(out / "results.csv") == rows
+    assert stdout.count("| reused |") == 2 and "computed" not in stdout
+    cells = sort_lines[1].split(",")
+    edited = ",".join([*cells[:8], "9.5", *cells[9:]])
+    (out / "results.csv").write_text((out / "results.csv").read_text().replace(sort_lines[1], edited))
+    figures, png_bytes = [], analysis.png_bytes
+    monkeypatch.setattr(analysis, "png_bytes", lambda fig, **k: figures.append(fig) or png_bytes(fig, **k))
+    analysis.main(analysis_args(folder, out, "--method", "sort", "--channel-norm", "off", "--overwrite"))
+    assert passed and read_rows(out / "results.csv") == rows  # the edited row recomputed, mean's kept
+    summary = read_rows(out / "summary.csv")
+    assert [(s["method"], s["this_run"]) for s in summary] == [("sort", "computed"), ("mean", "earlier")]
+    (fig,) = figures
+    labels = fig.axes[0].get_yticklabels()
+    assert "Flaw analysis" in fig._suptitle.get_text()
+    assert [t.get_text() for t in labels] == [f"alex [1-4-7-9-11] {rows[0]['weights']} | {m}, no norm"
+                                              for m in ("sort", "mean")]
+    assert [t.get_fontweight() for t in labels] == ["bold", "normal"]
+
+
+def test_other_images_or_weights_are_computed_anew_beside_the_old_rows(synthetic, torch_home, tmp_path,
+                                                                       monkeypatch):
+    folder, _, first_rows = synthetic
+    out, changed = tmp_path / "out", tmp_path / "images"
+    shutil.copytree(folder, changed)
+    analysis.main(analysis_args(changed, out, "--method", "sort"))
+    passed = counting_features(monkeypatch)
+    save_array(changed, "a/tex_rot90.png", texture(5))  # same name and size, other pixels
+    analysis.main(analysis_args(changed, out, "--method", "sort"))
+    assert passed
+    rows = read_rows(out / "results.csv")
+    old, new = rows[:len(CASES)], rows[len(CASES):]
+    assert len(new) == len(CASES) and old[0]["images"] != new[0]["images"]
+    rotated = [(r["variant"], r["distance"]) for r in (old[1], new[1])]
+    assert rotated[0][0] == rotated[1][0] == "a/tex_rot90.png" and rotated[0][1] != rotated[1][1]
+    passes = []
+    for seed in ("1", "2", "1"):
+        passed.clear()
+        analysis.main(analysis_args(changed, out, "--method", "sort", "--random-init", "--seed", seed))
+        passes.append(len(passed))
+    assert passes[0] == passes[1] > 0 and passes[2] == 0  # seed 1 computed, seed 2 too, then seed 1 reused
+    weights = [r["weights"] for r in read_rows(out / "results.csv")]
+    assert weights[2 * len(CASES):] == ["random:seed1"] * len(CASES) + ["random:seed2"] * len(CASES)
+
+
+def test_an_old_results_file_is_read_kept_and_not_reused(synthetic, torch_home, tmp_path, monkeypatch):
+    folder, _, first_rows = synthetic
+    out = tmp_path / "out"
+    out.mkdir()
+    old = [{k: v for k, v in r.items() if k not in ("layers", "weights", "images")} for r in first_rows
+           if r["method"] == "mean"]  # as analysis.py wrote it before those columns
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(old[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(old)
+    passed = counting_features(monkeypatch)
+    analysis.main(analysis_args(folder, out))
+    rows = read_rows(out / "results.csv")
+    assert passed and len(rows) == len(old) + len(CASES)
+    assert rows[:len(old)] == [r | {"layers": "1-4-7-9-11", "weights": "unknown", "images": "unknown"} for r in old]
+    assert rows[len(old):] == [r for r in first_rows if (r["method"], r["channel_norm"]) == ("mean", "true")]
+    (out / "results.csv").write_text("path,distance\nx,1\n")
+    cli_error(analysis.main, analysis_args(folder, out), r"results.csv has the columns path,distance.*move it away")
+
+
+def test_a_run_writing_meanwhile_keeps_its_rows(synthetic, torch_home, tmp_path, monkeypatch):
+    folder, _, _ = synthetic
+    out = tmp_path / "out"
+    distances = analysis.pair_distances
+
+    def another_run_finishes_first(*args, **kwargs):
+        monkeypatch.setattr(analysis, "pair_distances", distances)
+        analysis.main(analysis_args(folder, out, "--method", "spatial"))
+        return distances(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "pair_distances", another_run_finishes_first)
+    analysis.main(analysis_args(folder, out, "--method", "sort"))
+    assert [r["method"] for r in read_rows(out / "results.csv")] == ["spatial"] * len(CASES) + ["sort"] * len(CASES)
 
 
 def test_each_image_goes_through_the_backbone_once(synthetic, torch_home, tmp_path, monkeypatch):
@@ -199,7 +301,8 @@ def test_real_images_all_configurations(real_run):
     summary = read_rows(out / "summary.csv")
     assert len(summary) == 30 and set(summary[0]) >= {"rotate", "translate", "invert", "color_stain", "total"}
     assert all(line["total"].endswith(f"/{len(cases)}") for line in summary)
-    assert "| net | method | channel_norm | rotate | translate | invert | color_stain | total |" in stdout
+    assert ("| net | layers | weights | images | method | channel_norm | this_run | rotate | translate | invert | "
+            "color_stain | total |") in stdout
     with Image.open(out / "summary.png") as picture:
         assert picture.format == "PNG"
 
@@ -229,8 +332,8 @@ def test_real_image_distances_equal_the_metric(real_run, torch_home, net):
 
 
 def analysis_args(folder, out, *extra):
-    return ["--image-dir", folder, "--out", out, "--net", "alex", "--method", "mean", "--channel-norm", "on",
-            "--device", "cpu", *extra]
+    return [str(a) for a in ("--image-dir", folder, "--out", out, "--net", "alex", "--method", "mean",
+                             "--channel-norm", "on", "--device", "cpu", *extra)]
 
 
 def test_manifest_with_a_bom_is_read_and_a_non_utf8_one_is_a_clear_error(tmp_path):
@@ -275,9 +378,8 @@ def test_unwritable_out_is_refused_before_any_computation(torch_home, tmp_path, 
 def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "images")
     out = tmp_path / "out"
-    out.mkdir()
-    for name in analysis.OUTPUTS:
-        (out / name).write_text(f"earlier {name}")
+    analysis.main(analysis_args(folder, out))
+    earlier = {name: (out / name).read_bytes() for name in analysis.OUTPUTS}
     write = analysis.write_atomic
 
     def disk_full_at_summary_md(path, data):
@@ -286,9 +388,9 @@ def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
         write(path, data)
 
     monkeypatch.setattr(analysis, "write_atomic", disk_full_at_summary_md)
-    cli_error(analysis.main, analysis_args(folder, out), "No space left on device")
+    cli_error(analysis.main, analysis_args(folder, out, "--method", "sort"), "No space left on device")
     assert sorted(os.listdir(out)) == sorted(analysis.OUTPUTS)
-    assert all((out / name).read_text() == f"earlier {name}" for name in analysis.OUTPUTS)
+    assert all((out / name).read_bytes() == data for name, data in earlier.items())
 
 
 def test_ctrl_c_is_one_line(torch_home, tmp_path, monkeypatch, capsys):

@@ -36,7 +36,8 @@ def images(seed, n=1, size=SIZE):
 def test_help_lists_the_flags():
     code, shown, _ = run_cli(feature_map.main, ["--help"])
     assert code == 0
-    flags = ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show")
+    flags = ("--image", "--path", "--network", "--out", "--compare", "--method", "--max-channels", "--show",
+             "--shared-scale")
     for flag in flags:
         assert flag in shown
 
@@ -57,7 +58,7 @@ def test_run_writes_one_grid_per_layer_and_prints_the_paths(torch_home, folder, 
     feature_map.main(["--image-dir", str(folder), "--image", "3ring", "color", "--network", "alexnet",
                       "--out", str(out), "--max-channels", "8", "--show"])
     printed = capsys.readouterr().out.split()
-    assert printed == [str(out / "x" / f"3ring_color_alex_layer{k}.png") for k in range(5)]
+    assert printed == [str(out / "x" / f"3ring_color_alex_point{k}.png") for k in (1, 4, 7, 9, 11)]
     assert os.listdir(out) == ["x"] and sorted(os.listdir(out / "x")) == sorted(os.path.basename(p) for p in printed)
     for path in printed:
         with Image.open(path) as picture:
@@ -156,3 +157,58 @@ def test_channel_mosaic_stretches_each_channel_and_caps_the_count():
     assert (tiles[1] == 0).all() and np.isnan(tiles[3]).all()
     assert tiles[2].min() == 0 and tiles[2].max() == 1
     assert np.isnan(grid[2]).all() and np.isnan(grid[:, 3]).all()
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures feature_map.py saves, in order."""
+    saved, real = [], feature_map.png_bytes
+    monkeypatch.setattr(feature_map, "png_bytes", lambda fig: saved.append(fig) or real(fig))
+    return saved
+
+
+def test_files_are_named_by_extraction_point(torch_home, folder, tmp_path, capsys, figures):
+    out = tmp_path / "maps"
+    feature_map.main(["--path", str(folder / "y/dots.png"), "--out", str(out), "--layers", "4", "1",
+                      "--max-channels", "2"])
+    assert capsys.readouterr().out.split() == [str(out / f"dots_alex_point{k}.png") for k in (1, 4)]
+    assert [fig._suptitle.get_text().split(",")[0] for fig in figures] == [
+        "dots: alex point 1 (features.1)", "dots: alex point 4 (features.4)"]
+
+
+@pytest.mark.parametrize("shared", (False, True))
+def test_grids_are_apart_beside_the_input_and_optionally_on_one_scale(torch_home, folder, tmp_path, figures,
+                                                                      shared):
+    feature_map.main(["--path", str(folder / "y/dots.png"), "--out", str(tmp_path), "--layers", "11",
+                      "--max-channels", "3", *(["--shared-scale"] if shared else [])])
+    (fig,) = figures
+    thumb, raw, normalised = fig.axes[:3]
+    x = feature_map.load_image(folder / "y/dots.png")
+    np.testing.assert_allclose(thumb.get_images()[0].get_array(), x.permute(1, 2, 0).numpy(), atol=1e-6)
+    fig.canvas.draw()
+    gap = normalised.get_position().x0 - raw.get_position().x1
+    assert raw.axison and normalised.axison  # each grid framed: white tile gaps do not run into each other
+    assert gap * fig.get_figwidth() * fig.dpi > 10  # pixels of white between the two grids, even for 3 tiny maps
+    with torch.no_grad():
+        full = DistanceMetric("alex", layers=[11]).features(x[None])[0][0]
+    shown = [full[:3], (full / (full.norm(dim=0, keepdim=True) + 1e-10))[:3]]  # norm over all channels, 3 shown
+    grids = [ax.get_images()[0] for ax in (raw, normalised)]
+    if shared:
+        low, high = min(v.min().item() for v in shown), max(v.max().item() for v in shown)
+        assert grids[0].get_clim() == grids[1].get_clim() == pytest.approx((low, high), rel=1e-5)
+        np.testing.assert_allclose(np.nanmax(grids[1].get_array()), shown[1].max().item(), rtol=1e-5)
+    else:
+        assert grids[0].get_clim() == grids[1].get_clim() == (0, 1)
+        assert np.nanmax(grids[1].get_array()) == pytest.approx(1)
+
+
+@pytest.mark.parametrize("method, says, not_says", [("spatial", "per pixel", "rank"),
+                                                    ("sort", "per rank, not per pixel", "distance per pixel"),
+                                                    ("mean", "channel means", "per pixel")])
+def test_the_distance_map_is_titled_for_what_its_positions_are(torch_home, folder, tmp_path, figures, method, says,
+                                                               not_says):
+    feature_map.main(["--path", str(folder / "y/dots.png"), "--out", str(tmp_path), "--layers", "1",
+                      "--max-channels", "1", "--compare", str(folder / "x/3ring_gray.png"), "--method", method])
+    title = figures[-1].axes[2].get_title()
+    assert says in title and not_says not in title
+    assert len(figures[-1].axes[2].get_images()) == (2 if method == "spatial" else 1)  # over the image, or alone

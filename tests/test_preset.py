@@ -157,7 +157,7 @@ def test_feature_map_takes_a_registry_net_and_points(squeezenet1_0, tmp_path, ca
     out = tmp_path / "maps"
     feature_map.main(["--path", str(folder / "a/tex.png"), "--network", "squeezenet1_0", "--layers", "3", "12",
                       "--weights-dir", str(weights), "--out", str(out), "--max-channels", "4"])
-    assert capsys.readouterr().out.split() == [str(out / f"tex_squeezenet1_0_layer{k}.png") for k in range(2)]
+    assert capsys.readouterr().out.split() == [str(out / f"tex_squeezenet1_0_point{k}.png") for k in (3, 12)]
 
 
 def test_too_small_images_are_an_error_naming_net_and_minimum(torch_home, tmp_path):
