@@ -340,8 +340,8 @@ def write_pairs(root, count, size, seed=0):
     for folder in ("dir0", "dir1"):
         (root / folder).mkdir(parents=True)
         for i in range(count):
-            coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size),
-                                                                                              Image.BICUBIC)
+            coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            coarse = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
             pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3))
             Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / folder / f"{i:05d}.png")
     return str(root / "dir0"), str(root / "dir1")
@@ -468,9 +468,9 @@ def distance_report(folder, vgg512):
                       for name, v in folder["two_files"].items())]
     if vgg512:
         gpu = f", peak GPU memory {vgg512['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in vgg512 else ""
-        lines.append(f"\ndistance.py, {vgg512['pairs']} pairs of 512x512 PNGs, vgg, official LPIPS, {vgg512['device']}: "
-                     f"{vgg512['ms_per_pair']:.0f} ms per pair (startup excluded){gpu}; the whole process "
-                     f"{vgg512['process_seconds']:.1f} s, peak RSS {vgg512['peak_rss_mib']:.0f} MiB")
+        lines.append(f"\ndistance.py, {vgg512['pairs']} pairs of 512x512 PNGs, vgg, official LPIPS, "
+                     f"{vgg512['device']}: {vgg512['ms_per_pair']:.0f} ms per pair (startup excluded){gpu}; "
+                     f"the whole process {vgg512['process_seconds']:.1f} s, peak RSS {vgg512['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 
 

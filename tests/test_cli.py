@@ -69,11 +69,12 @@ def test_every_front_door_lists_all_missing_weights_before_computing(offline, im
 def test_a_missing_linear_weights_file_is_named_too(offline, bapps, tmp_path):
     argv = ["--data-root", bapps, "--no-download", "--variant", "lin", "--lpips-weights", tmp_path / "lin.pth"]
     code, _, err = run_cli(experiment.main, argv)
-    assert code == 1 and "alexnet-owt-7be5be79.pth" in err and f"no such linear-weights file {tmp_path / 'lin.pth'}" in err
+    assert code == 1 and "alexnet-owt-7be5be79.pth" in err
+    assert f"no such linear-weights file {tmp_path / 'lin.pth'}" in err
 
 
 def test_weights_dir_and_random_init_mean_the_same_in_every_front_door(weights_home, images, bapps, tmp_path,
-                                                                      monkeypatch):
+                                                                       monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))  # nothing but the flags gives weights
     folder = os.path.dirname(weights_home["alex"])
     pair = [images / "a/tex.png", images / "a/tex_rot90.png"]
@@ -82,7 +83,8 @@ def test_weights_dir_and_random_init_mean_the_same_in_every_front_door(weights_h
     random_alex = DistanceMetric("alex", pretrained=False)
     expected = {"--weights-dir": DistanceMetric("alex", weights=weights_home["alex"])(x0, x1).item(),
                 "--random-init": random_alex(x0, x1).item()}
-    for flags, key in ((["--weights-dir", folder], "--weights-dir"), (["--random-init", "--seed", "3"], "--random-init")):
+    for flags, key in ((["--weights-dir", folder], "--weights-dir"),
+                       (["--random-init", "--seed", "3"], "--random-init")):
         out = tmp_path / key
         for main, argv in front_doors(images, bapps, out).items():
             code, stdout, err = run_cli(main, argv + flags)

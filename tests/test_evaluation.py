@@ -125,7 +125,8 @@ def test_lpips_v0_0_rows_equal_the_package_v0_0_and_stay_apart_from_v0_1(
 
 
 def test_each_image_goes_through_each_network_once(torch_home, bapps, tmp_path, forwards):
-    assert run_experiment(["--net", "alex", "squeeze", "--method", "all", "--channel-norm", "both", *LIMIT], bapps, tmp_path) == 0
+    flags = ["--net", "alex", "squeeze", "--method", "all", "--channel-norm", "both", *LIMIT]
+    assert run_experiment(flags, bapps, tmp_path) == 0
     assert forwards.images["alex", "eval"] == forwards.images["squeeze", "eval"] == IMAGES_PER_NET
     assert all(len(ids) == 1 for ids in forwards.extractors.values())
 
@@ -236,7 +237,8 @@ def test_damaged_weights_files_are_one_line_errors(torch_home, bapps, tmp_path, 
     linear.write_bytes(b"")
     assert run_experiment(["--variant", "lin", "--lpips-weights", str(linear)], bapps, tmp_path / "out") == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"experiment.py: error: cannot read weights file {linear} (EOFError)") and err.count("\n") == 1
+    assert err.startswith(f"experiment.py: error: cannot read weights file {linear} (EOFError)")
+    assert err.count("\n") == 1
     backbone = tmp_path / "home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     backbone.parent.mkdir(parents=True)
     backbone.write_bytes(open(torch_home["alex"], "rb").read()[:1000])
@@ -293,7 +295,7 @@ def test_table_aggregates_versions_and_marks_missing_cells():
                         {("2afc", "traditional", "score"): 0.7, ("2afc", "color", "score"): 0.9}))
     table = results_table(rows)
     assert table.splitlines()[0].split(" | ")[10:] == ["traditional", "cnn", "superres", "deblur", "color",
-                                                      "frameinterp", "2AFC mean", "JND mAP |"]
+                                                       "frameinterp", "2AFC mean", "JND mAP |"]
     cells = table_cells(table)
     spread = f"{100 * statistics.stdev([0.5, 0.7]):.2f}"
     assert cells[0] == ["alex", "1-2", "lin", "spatial", "true", "imagenet", "all", "bapps", "w.pth@00000000", "2",
@@ -320,6 +322,7 @@ def test_command_line_help_and_a_real_small_run(weights_home, bapps, tmp_path):
     assert "squeeze jnd/cnn" in done.stderr  # the progress bar
     table = (out / "results.md").read_text()
     assert "| squeeze | 1-4-7-9-10-11-12 |" in done.stdout and "| computed |" in done.stdout
-    assert "| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | synthetic | squeezenet1_1-b8a52dc0.pth@" in table
-    assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_results_csv(out)} == {("jnd", "traditional", "5"),
-                                                                             ("jnd", "cnn", "5")}
+    assert ("| squeeze | 1-4-7-9-10-11-12 | baseline | spatial | true | imagenet | 5 | synthetic | "
+            "squeezenet1_1-b8a52dc0.pth@") in table
+    assert {(r["dataset"], r["subsplit"], r["n"]) for r in read_results_csv(out)} == {
+        ("jnd", "traditional", "5"), ("jnd", "cnn", "5")}

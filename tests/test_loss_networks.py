@@ -115,8 +115,8 @@ def test_points_are_counted_as_the_original():
     assert names("efficientnet_b0", [0, 1, 4, 7]) == [f"features.{i}" for i in (0, 1, 4, 7)]
     assert names("inception_v3", [2, 7, 9, 14]) == ["Conv2d_2b_3x3", "Mixed_5b", "Mixed_5d", "Mixed_6e"]
     assert names("googlenet", [0, 5, 8, 15]) == ["conv1", "inception3a", "inception4a", "inception5b"]
-    assert point_names("regnet_y_400mf") == ("stem.0", "stem.1", "stem.2", *(f"trunk_output.block{k}"
-                                                                           for k in range(1, 5)))
+    blocks = [f"trunk_output.block{k}" for k in range(1, 5)]
+    assert point_names("regnet_y_400mf") == ("stem.0", "stem.1", "stem.2", *blocks)
     assert point_names("mnasnet1_0") == tuple(f"layers.{i}" for i in range(17))
     assert point_names("vgg") == tuple(f"features.{i}" for i in range(31))
 
@@ -212,4 +212,3 @@ def test_registry_weights_files_load_strictly(tmp_path, monkeypatch):
     torch.save(without_aux, folder / os.path.basename(checkpoint_path("googlenet")))
     with pytest.raises(ValueError, match="missing keys.*aux1"):
         FeatureExtractor("googlenet")
-

@@ -126,7 +126,8 @@ def test_the_table_never_merges_other_weights_and_shows_a_retrained_version_once
 def save_many(path, writer, count):
     """`count` saves of one row each, as a run saves after each set."""
     for i in range(count):
-        save_results(path, table_row(("alex", "baseline", "spatial", "true"), 0, {("jnd", f"w{writer}s{i}", "map"): 0.5}))
+        row = table_row(("alex", "baseline", "spatial", "true"), 0, {("jnd", f"w{writer}s{i}", "map"): 0.5})
+        save_results(path, row)
 
 
 def test_a_jnd_subsplit_without_a_same_pair_does_not_hide_the_other():
