@@ -215,7 +215,7 @@ class DistanceMetric(nn.Module):
             raise ValueError("lpips_weights are linear-layer weights: pass lin=True with them")
         if lin and lpips_weights is None:
             raise ValueError(f"lin=True needs lpips_weights: {LPIPS_WEIGHTS_HELP} (untrained linear layers give "
-                             f"meaningless, even negative, distances; for training pass lpips_weights=metric.UNTRAINED)")
+                             f"meaningless, even negative, distances; for training: lpips_weights=metric.UNTRAINED)")
         self.method, self.channel_norm, self.lin, self.normalize = method, bool(channel_norm), bool(lin), normalize
         self.net = FeatureExtractor(net, layers=layers, pretrained=pretrained, weights=weights)
         self._register_input_affine(normalize)

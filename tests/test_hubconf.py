@@ -66,3 +66,12 @@ def test_dps_refuses_a_string_for_a_boolean(torch_home):
         hub("dps", net="alex", channel_norm="off")
     with pytest.raises(ValueError, match="lin=True needs lpips_weights"):
         hub("dps", net="alex", lin=True)
+
+
+def test_lpips_entry_for_a_net_without_official_weights_points_to_dps(torch_home):
+    message = (r"LPIPS has official linear weights only for alex \(alexnet\), squeeze \(squeezenet1_1, squeezenet\), "
+               r"vgg \(vgg16\), not 'resnet18'; for another network use the 'dps' entry with lin=True .*"
+               r"lpips_weights='.../lin.pth'")
+    with pytest.raises(ValueError, match=message):
+        hub("lpips", net="resnet18")
+    assert hub("lpips", net="alexnet").net.net == "alex"
