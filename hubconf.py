@@ -7,8 +7,7 @@
 
 Both return a `metric.DistanceMetric` (see README.md).
 """
-from loss_networks import ALIASES, canonical_net
-from metric import DistanceMetric
+from metric import DistanceMetric, check_official_net
 
 dependencies = ["torch", "torchvision", "numpy", "PIL", "requests", "tqdm"]
 
@@ -29,7 +28,6 @@ def dps(net="alex", method="spatial", channel_norm=True, layers=None, lin=False,
 
 
 LPIPS_VERSIONS = {"0.1": ("official", "lpips"), "0.0": ("official-v0.0", "signed")}  # (lpips_weights, normalize)
-LPIPS_NETS = ("alex", "squeeze", "vgg")  # the networks the lpips package ships linear weights for
 
 
 def lpips(net="alex", version="0.1", weights=None):
@@ -42,12 +40,8 @@ def lpips(net="alex", version="0.1", weights=None):
     """
     if version not in LPIPS_VERSIONS:
         raise ValueError(f"unknown LPIPS version {version!r}; expected one of {', '.join(LPIPS_VERSIONS)}")
-    if canonical_net(net) not in LPIPS_NETS:
-        names = ", ".join(f"{name} ({', '.join(a for a, target in ALIASES.items() if target == name)})"
-                          for name in LPIPS_NETS)
-        raise ValueError(f"LPIPS has official linear weights only for {names}, not {net!r}; for another network "
-                         f"use the 'dps' entry with lin=True and linear weights trained for it: "
-                         f"torch.hub.load(repo, 'dps', net={net!r}, lin=True, lpips_weights='.../lin.pth') "
-                         f"(experiment.py --net {net} --variant lin --train writes one)")
+    check_official_net(net, f"for another network use the 'dps' entry with lin=True and linear weights trained "
+                            f"for it: torch.hub.load(repo, 'dps', net={net!r}, lin=True, lpips_weights='.../lin.pth') "
+                            f"(experiment.py --net {net} --variant lin --train writes one)")
     lpips_weights, normalize = LPIPS_VERSIONS[version]
     return DistanceMetric(net=net, lin=True, normalize=normalize, lpips_weights=lpips_weights, weights=weights)

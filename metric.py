@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss_networks import FeatureExtractor, load_state_dict_file
+from loss_networks import ALIASES, FeatureExtractor, canonical_net, load_state_dict_file
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -167,6 +167,15 @@ class LinearLayer(nn.Module):
 
 
 OFFICIAL_VERSIONS = {"official": "v0.1", "official-v0.0": "v0.0"}  # lpips_weights: the lpips package's folder
+OFFICIAL_NETS = ("alex", "squeeze", "vgg")  # the networks the lpips package ships linear weights for
+
+
+def check_official_net(net, fix):
+    """Raise ValueError, ending with `fix`, unless the lpips package has linear weights for `net` (or its alias)."""
+    if canonical_net(net) not in OFFICIAL_NETS:
+        names = ", ".join(f"{name} ({', '.join(a for a, target in ALIASES.items() if target == name)})"
+                          for name in OFFICIAL_NETS)
+        raise ValueError(f"LPIPS has official linear weights only for {names}, not {net!r}; {fix}")
 
 
 def official_lpips_path(net, which="official"):
