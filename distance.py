@@ -108,6 +108,35 @@ def paired_names(dir0, dir1, strict=False):
     return common
 
 
+def same_file(path, other):
+    """Whether `path` and `other` name one file: one resolved path (symlinks followed), or one inode."""
+    if os.path.realpath(path) == os.path.realpath(other):
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_outputs(out, plot, inputs):
+    """DistanceError, before any compute, if --out or --plot is a folder or one of the `inputs` (the files
+    read), through links too, or if --plot is --out."""
+    for flag, path in (("--out", out), ("--plot", plot)):
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise DistanceError(f"{flag} {path} is a folder: give the path of a file to write")
+        if os.path.exists(path):
+            target = os.stat(path)
+            clash = next((p for p in inputs if os.path.samestat(target, os.stat(p))), None)
+            if clash is not None:
+                raise DistanceError(f"{flag} {path} is the input file {clash}: writing would replace it; "
+                                    f"write to a file that is not an input")
+    if out is not None and plot is not None and same_file(out, plot):
+        raise DistanceError(f"--plot {plot} is the --out file: the picture would replace the CSV; give --plot "
+                            f"another file name")
+
+
 # ---------------------------------------------------------------- metrics and rows
 
 
@@ -537,6 +566,10 @@ def check_args(args):
     if args.plot == "":
         if args.out is None:
             raise ValueError("--plot needs a file name (--plot matrix.png) or --out")
+        if Path(args.out).suffix.lower() == ".png":
+            raise ValueError(f"--plot without a file name writes --out's name with the suffix .png, which is --out "
+                             f"{args.out} itself: name the CSV (--out {Path(args.out).with_suffix('.csv')}) or "
+                             f"the picture (--plot FILE.png)")
         args.plot = str(Path(args.out).with_suffix(".png"))
     if args.layer_columns and args.all_pairs is not None:
         raise ValueError("--layer-columns adds columns to the rows of pairs, which --all-pairs' matrix has no "
@@ -564,13 +597,16 @@ def run(args):
         if path_kind(args.all_pairs) != "folder":
             raise DistanceError(f"--all-pairs takes a folder, {args.all_pairs} is a file")
         names = folder_images(args.all_pairs)
+        check_outputs(args.out, args.plot, [os.path.join(args.all_pairs, name) for name in names])
         all_pairs(args, load_metrics(args, device), args.all_pairs, names, device)
         return
     kinds = [path_kind(path) for path in args.paths]
     if kinds == ["file", "file"]:
+        check_outputs(args.out, None, args.paths)
         two_files(args, load_metrics(args, device), *args.paths, device)
     elif kinds == ["folder", "folder"]:
         names = paired_names(*args.paths, args.strict)
+        check_outputs(args.out, None, [os.path.join(folder, name) for folder in args.paths for name in names])
         two_folders(args, load_metrics(args, device), *args.paths, names, device)
     else:
         raise DistanceError(f"{args.paths[0]} is a {kinds[0]} and {args.paths[1]} a {kinds[1]}: "

@@ -1,0 +1,52 @@
+"""distance.py's outputs: never an input file nor each other, non-UTF-8 file names in the CSV, batches sized by
+their own images, SIGTERM leaving no partial or temporary file, --skip-bad over --all-pairs."""
+import os
+from pathlib import Path
+
+import pytest
+
+import distance
+from helpers import picture, run_distance, save_picture
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if distance.py gets as far as loading a network."""
+    def load_metrics(*args):
+        raise AssertionError("the output check must come before any network loads")
+    monkeypatch.setattr(distance, "load_metrics", load_metrics)
+
+
+def images_in(folder, names=("a.png", "b.png", "c.png")):
+    return [save_picture(folder, name, picture(k, size=32)) for k, name in enumerate(names)]
+
+
+@pytest.mark.parametrize("case", ["second file", "link to a file", "file in a folder", "file of all pairs"])
+def test_out_never_names_an_input_file(tmp_path, capsys, no_compute, case):
+    a, b, c = images_in(tmp_path / "dir")
+    link = tmp_path / "link.csv"
+    link.symlink_to(c)
+    argv, victim = {"second file": ([a, b, "--out", b], b),
+                    "link to a file": ([a, c, "--out", link], c),
+                    "file in a folder": ([tmp_path / "dir", tmp_path / "dir", "--out", link], c),
+                    "file of all pairs": (["--all-pairs", tmp_path / "dir", "--out", a], a)}[case]
+    before = Path(victim).read_bytes()
+    code, out, err = run_distance(argv, capsys)
+    assert code == 1 and not out
+    assert f"is the input file {victim}: writing would replace it; write to a file that is not an input" in err
+    assert Path(victim).read_bytes() == before
+
+
+def test_plot_never_names_out(tmp_path, capsys, no_compute):
+    images_in(tmp_path / "dir")
+    out = tmp_path / "m.csv"
+    code, _, err = run_distance(["--all-pairs", tmp_path / "dir", "--out", out, "--plot", tmp_path / "." / "m.csv"],
+                                capsys)
+    assert code == 1 and "is the --out file: the picture would replace the CSV; give --plot another" in err
+    with pytest.raises(SystemExit) as exit_:
+        distance.main(["--all-pairs", str(tmp_path / "dir"), "--out", str(tmp_path / "m.png"), "--plot"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"which is --out {tmp_path / 'm.png'} itself: name the CSV" in err
+    code, _, err = run_distance(["--all-pairs", tmp_path / "dir", "--out", tmp_path / "dir"], capsys)
+    assert code == 1 and f"--out {tmp_path / 'dir'} is a folder" in err
+    assert sorted(os.listdir(tmp_path)) == ["dir"]
