@@ -19,7 +19,9 @@ rgb, as in experiment.py's results). --layer-columns adds d_<point>, each extrac
 point's distance (DistanceMetric.layer_distances), `-` where the row's network has no
 such point. The rows go to --out, written to a temporary file that is renamed only once
 complete (an interrupted run leaves no output file), or to stdout. The count and mean ±
-standard deviation are printed at the end (to stderr when the rows go to stdout).
+standard deviation are printed at the end (to stderr when the rows go to stdout). The CSV is
+UTF-8; a file name that is not valid UTF-8 is written as its bytes (Python reads it back with
+errors="surrogateescape", and os.fsencode gives the name again).
 
 Two files: the distance alone when one configuration is asked for, else a table (also
 with --layer-columns); --out writes the CSV row(s) as well.
@@ -241,11 +243,12 @@ def print_summary(stats, what, file):
 
 @contextlib.contextmanager
 def output(path):
-    """A text file for CSV rows: `path`, written atomically, or stdout when `path` is None."""
+    """A text file for CSV rows: `path`, written atomically, or stdout when `path` is None. UTF-8, except that a
+    file name that is not (os.fsdecode's surrogates) is written as its own bytes, as stdout and `ls` show it."""
     if path is None:
         yield sys.stdout
         return
-    with atomic_open(path, "w", newline="", encoding="utf-8") as file:
+    with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:
         yield file
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import distance
-from helpers import picture, run_distance, save_picture
+from helpers import picture, read_csv_rows, run_distance, save_picture
 
 
 @pytest.fixture
@@ -50,3 +50,19 @@ def test_plot_never_names_out(tmp_path, capsys, no_compute):
     code, _, err = run_distance(["--all-pairs", tmp_path / "dir", "--out", tmp_path / "dir"], capsys)
     assert code == 1 and f"--out {tmp_path / 'dir'} is a folder" in err
     assert sorted(os.listdir(tmp_path)) == ["dir"]
+
+
+def test_a_file_name_that_is_not_utf8_is_written_as_its_bytes(torch_home, tmp_path, capsys):
+    name = b"caf\xe9.png"  # Latin-1, not UTF-8
+    for folder in ("dir0", "dir1"):
+        (tmp_path / folder).mkdir()
+        picture(0 if folder == "dir0" else 1, size=32).save(os.fsencode(tmp_path / folder) + b"/" + name)
+    save_picture(tmp_path / "dir0", "b.png", picture(2, size=32))
+    out = tmp_path / "pairs.csv"
+    code, _, err = run_distance([tmp_path / "dir0", tmp_path / "dir0", "--out", out], capsys)
+    assert code == 0, err
+    assert out.read_bytes().splitlines()[2].startswith(name + b"," + name + b",0,")
+    code, _, err = run_distance(["--all-pairs", tmp_path / "dir0", "--out", out], capsys)
+    assert code == 0, err
+    rows = read_csv_rows(out.read_text(encoding="utf-8", errors="surrogateescape"))
+    assert rows[0][:3] == ["path", "b.png", os.fsdecode(name)] and os.fsencode(rows[2][0]) == name
