@@ -383,8 +383,10 @@ def folder_views(nets, paths, args, batch_size, device):
                 skip_or_raise(message, args.skip_bad)
             for indices, (x,) in groups:
                 first = first or (paths[indices[0]], x.shape)
-                if x.shape[1:] != first[1][1:]:
-                    raise DistanceError(size_mismatch([first[0], paths[indices[0]]], [first[1], x.shape]))
+                if x.shape[1:] != first[1][1:]:  # the first image read sets the size
+                    for index in indices:
+                        skip_or_raise(size_mismatch([first[0], paths[index]], [first[1], x.shape]), args.skip_bad)
+                    continue
                 views = image_views(nets, x.to(device))
                 if store is None:  # one allocation for the whole folder: memory is known from the first batch
                     store = {net: {key: [t.new_empty((len(paths), *t.shape[1:])) for t in layers]

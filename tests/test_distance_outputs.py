@@ -66,3 +66,14 @@ def test_a_file_name_that_is_not_utf8_is_written_as_its_bytes(torch_home, tmp_pa
     assert code == 0, err
     rows = read_csv_rows(out.read_text(encoding="utf-8", errors="surrogateescape"))
     assert rows[0][:3] == ["path", "b.png", os.fsdecode(name)] and os.fsencode(rows[2][0]) == name
+
+
+def test_skip_bad_over_all_pairs_skips_an_image_of_another_size(torch_home, tmp_path, capsys):
+    images_in(tmp_path / "dir", ("a.png", "b.png", "c.png"))
+    odd = save_picture(tmp_path / "dir", "b2.png", picture(5, size=(48, 40)))
+    code, _, err = run_distance(["--all-pairs", tmp_path / "dir"], capsys)
+    assert code == 1 and "48x40" in err and "--skip-bad" in err
+    code, out, err = run_distance(["--all-pairs", tmp_path / "dir", "--skip-bad"], capsys)
+    first = tmp_path / "dir" / "a.png"
+    assert code == 0 and f"skipped: images of different sizes: {first} is 32x32, {odd} is 48x40" in err
+    assert [row[0] for row in read_csv_rows(out)] == ["path", "a.png", "b.png", "c.png"]
