@@ -34,7 +34,10 @@ Images load as image_io.load_image reads them: RGB, transparency composited over
 grayscale replicated. The two images of a pair must have one size, or --size N resizes
 every image to N x N. Files stream in batches (image_stream.py): the next batch is
 decoded (by a thread, or by --num-workers processes) while the networks work on this
-one, and each image goes through each backbone once for all configurations.
+one, and each image goes through each backbone once for all configurations. Without
+--batch-size, each batch is sized by its own images (their headers): at most 204,800
+pixels per image of a pair (50 pairs of 64x64 images; --all-pairs: twice that, in single
+images), at least one pair, so that peak memory stays bounded whatever the first file is.
 """
 import argparse
 import contextlib
@@ -51,7 +54,7 @@ from tqdm import tqdm
 from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, atomic_open, build_metrics, device_arg,
                  positive_int, preflight, requested_configs, run_main, write_atomic)
 from image_io import IMAGE_EXTENSIONS, image_files
-from image_stream import MAX_BATCH, auto_batch_size, auto_workers, image_batches, size_mismatch
+from image_stream import MAX_BATCH, PIXELS_PER_IMAGE_BATCH, batch_for, image_batches, size_mismatch
 from loss_networks import canonical_net, layers_text
 from metric import (ALL_CONFIGS, COLORSPACES, METHODS, NORMALIZATIONS, NOT_APPLICABLE, PIXEL_CONFIG, PIXEL_METRICS,
                     batch_distances, compare_views, metrics_views)
@@ -309,12 +312,11 @@ def compare_pairs(args, nets, pairs, names, device, file):
     finishes; returns ({key: RunningStats}, number of pairs skipped)."""
     layout = PairRows(nets, args)
     stats, skipped = {key: RunningStats() for key in row_keys(nets)}, 0
-    batch_size = args.batch_size or auto_batch_size(pairs[0][0], args.size)
-    workers = args.num_workers if args.num_workers is not None else auto_workers(len(pairs) / batch_size, device)
     writer = csv.writer(file, lineterminator="\n")
     writer.writerow(layout.header())
     with tqdm(total=len(pairs), unit="pair") as bar:
-        for index, values, error in pair_distances(nets, pairs, args.size, batch_size, workers, device):
+        for index, values, error in pair_distances(nets, pairs, args.size, args.batch_size, args.num_workers,
+                                                   device):
             bar.update()
             if error is not None:
                 skip_or_raise(error, args.skip_bad)
@@ -371,13 +373,14 @@ def image_views(nets, x):
                 for net, metrics in nets.items()}
 
 
-def folder_views(nets, paths, args, batch_size, device):
-    """(indices of the images kept, {net: their `image_views` stacked}), each image decoded once and through
-    each backbone once."""
-    workers = args.num_workers if args.num_workers is not None else auto_workers(len(paths) / batch_size, device)
+def folder_views(nets, paths, args, device):
+    """(indices of the images kept, {net: their `image_views` stacked}, their pixels each), each image decoded
+    once and through each backbone once, in batches of twice --batch-size images (or twice the pixel budget)."""
     store, kept, first = None, [], None
+    batches = image_batches([(path,) for path in paths], args.size, args.batch_size and 2 * args.batch_size,
+                            args.num_workers, device, scale=2)
     with tqdm(total=len(paths), unit="image", desc="features") as bar:
-        for groups, errors in image_batches([(path,) for path in paths], args.size, batch_size, workers, device):
+        for groups, errors in batches:
             bar.update(len(errors) + sum(len(indices) for indices, _ in groups))
             for _, message in errors:
                 skip_or_raise(message, args.skip_bad)
@@ -399,7 +402,7 @@ def folder_views(nets, paths, args, batch_size, device):
     if len(kept) < 2:
         raise DistanceError(f"--all-pairs needs at least two readable images, found {len(kept)}")
     return kept, {net: {key: [t[:len(kept)] for t in layers] for key, layers in net_views.items()}
-                  for net, net_views in store.items()}
+                  for net, net_views in store.items()}, first[1][-2] * first[1][-1]
 
 
 def chunk_distances(nets, stores, i, j):
@@ -455,10 +458,9 @@ def plot_matrices(matrices, names, columns):
 def all_pairs(args, nets, folder, names, device):
     """The distance matrix of the images `names` of `folder` as CSV (and a PNG with --plot), then the summary."""
     paths = [os.path.join(folder, name) for name in names]
-    pairs_per_batch = args.batch_size or auto_batch_size(paths[0], args.size)
-    kept, stores = folder_views(nets, paths, args, 2 * pairs_per_batch, device)
+    kept, stores, pixels = folder_views(nets, paths, args, device)
     names = [names[index] for index in kept]
-    matrices = distance_matrices(nets, stores, len(kept), pairs_per_batch)
+    matrices = distance_matrices(nets, stores, len(kept), args.batch_size or batch_for(pixels))
     columns = config_columns(nets, args.variant)
     with output(args.out) as file:
         writer = csv.writer(file, lineterminator="\n")
@@ -553,8 +555,10 @@ def add_file_flags(files):
                        help="list and skip pairs (or images) that cannot be read or differ in size, instead of "
                             "stopping at the first")
     files.add_argument("--batch-size", type=positive_int, metavar="N",
-                       help=f"pairs per backbone pass, --all-pairs: twice as many images (default: {MAX_BATCH} "
-                            f"for 64x64 images, fewer for larger ones, so that memory stays flat)")
+                       help=f"pairs per backbone pass, --all-pairs: twice as many images (default: each batch "
+                            f"sized by its own images, from their headers, to at most {PIXELS_PER_IMAGE_BATCH:,} "
+                            f"pixels per image of a pair, {MAX_BATCH} pairs of 64x64 images, fewer of larger "
+                            f"ones, at least one pair: memory stays flat)")
     files.add_argument("--num-workers", type=int, metavar="N",
                        help="image-decoding processes (default: 0 on the CPU or for short jobs, where a thread "
                             "decodes the next batch while this one is computed; else up to 4)")

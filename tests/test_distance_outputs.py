@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import distance
+import image_stream
 from helpers import picture, read_csv_rows, run_distance, save_picture
 
 
@@ -77,3 +78,25 @@ def test_skip_bad_over_all_pairs_skips_an_image_of_another_size(torch_home, tmp_
     first = tmp_path / "dir" / "a.png"
     assert code == 0 and f"skipped: images of different sizes: {first} is 32x32, {odd} is 48x40" in err
     assert [row[0] for row in read_csv_rows(out)] == ["path", "a.png", "b.png", "c.png"]
+
+
+def test_batches_are_sized_by_their_own_images_not_the_first(torch_home, tmp_path, capsys, monkeypatch):
+    for folder in ("dir0", "dir1"):
+        save_picture(tmp_path / folder, "a.png", picture(0, size=32))
+        for k in range(5):
+            save_picture(tmp_path / folder, f"b{k}.png", picture(k, size=256))
+    real, batches = distance.image_batches, []
+
+    def recorded(*args, **kwargs):
+        for groups, errors in real(*args, **kwargs):
+            batches.append([len(indices) * x0.shape[-2] * x0.shape[-1] for indices, (x0, _) in groups])
+            yield groups, errors
+
+    monkeypatch.setattr(distance, "image_batches", recorded)
+    code, _, err = run_distance([tmp_path / "dir0", tmp_path / "dir1"], capsys)
+    assert code == 0, err
+    assert batches == [[32 * 32, 3 * 256 * 256], [2 * 256 * 256]]  # 204,800 pixels per image of a pair at most
+    assert all(sum(batch) <= image_stream.PIXELS_PER_IMAGE_BATCH for batch in batches)
+    batches.clear()
+    assert run_distance([tmp_path / "dir0", tmp_path / "dir1", "--batch-size", "2"], capsys)[0] == 0
+    assert batches == [[32 * 32, 256 * 256], [2 * 256 * 256], [2 * 256 * 256]]
