@@ -1,6 +1,9 @@
 """distance.py's outputs: never an input file nor each other, non-UTF-8 file names in the CSV, batches sized by
 their own images, SIGTERM leaving no partial or temporary file, --skip-bad over --all-pairs."""
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,8 @@ import pytest
 import distance
 import image_stream
 from helpers import picture, read_csv_rows, run_distance, save_picture
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -93,10 +98,32 @@ def test_batches_are_sized_by_their_own_images_not_the_first(torch_home, tmp_pat
             yield groups, errors
 
     monkeypatch.setattr(distance, "image_batches", recorded)
-    code, _, err = run_distance([tmp_path / "dir0", tmp_path / "dir1"], capsys)
+    pixel_metric = ["--net", "l2", "--colorspace", "RGB"]  # cheap: batching is the same for every metric
+    code, _, err = run_distance([tmp_path / "dir0", tmp_path / "dir1", *pixel_metric], capsys)
     assert code == 0, err
     assert batches == [[32 * 32, 3 * 256 * 256], [2 * 256 * 256]]  # 204,800 pixels per image of a pair at most
     assert all(sum(batch) <= image_stream.PIXELS_PER_IMAGE_BATCH for batch in batches)
     batches.clear()
-    assert run_distance([tmp_path / "dir0", tmp_path / "dir1", "--batch-size", "2"], capsys)[0] == 0
+    assert run_distance([tmp_path / "dir0", tmp_path / "dir1", *pixel_metric, "--batch-size", "2"], capsys)[0] == 0
     assert batches == [[32 * 32, 256 * 256], [2 * 256 * 256], [2 * 256 * 256]]
+
+
+def test_sigterm_exits_130_leaving_no_output_nor_temporary_file(torch_home, tmp_path):
+    for folder in ("dir0", "dir1"):
+        for k in range(40):
+            save_picture(tmp_path / folder, f"{k:02d}.png", picture(k, size=256))  # seconds of work after 1/40
+    out = tmp_path / "out" / "pairs.csv"
+    out.parent.mkdir()
+    run = subprocess.Popen([sys.executable, "distance.py", tmp_path / "dir0", tmp_path / "dir1", "--out", out,
+                            "--batch-size", "1"], cwd=ROOT, stderr=subprocess.PIPE,
+                           text=True, env={**os.environ, "TORCH_HOME": torch_home["home"]})
+    seen = ""
+    while " 1/40 " not in seen:  # a pair is done: the run is inside --out's temporary file
+        char = run.stderr.read(1)
+        assert char, seen
+        seen += char
+    assert os.listdir(out.parent) == [f"pairs.csv.{run.pid}.tmp"], seen
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "distance.py: interrupted: no output file was written" in err, seen + err
+    assert os.listdir(out.parent) == [], seen + err
