@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from image_io import ImageLoadError, load_image
 
 MAX_BATCH = 50
+JOIN_TIMEOUT = 10  # seconds an interrupted run waits for the batch being decoded
 PIXELS_PER_IMAGE_BATCH = MAX_BATCH * 64 * 64  # the evaluation's batch of 64x64 images; larger images, fewer
 
 
@@ -88,7 +89,8 @@ def prefetched(batches, depth=2):
         except Exception as err:  # handed to the consumer, which raises it
             put((None, err))
 
-    threading.Thread(target=produce, daemon=True).start()
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
     try:
         while True:
             batch, error = ready.get()
@@ -99,6 +101,9 @@ def prefetched(batches, depth=2):
             yield batch
     finally:
         stop.set()
+        # wait for the batch being decoded: a thread still inside torch when the interpreter exits (Ctrl-C,
+        # SIGTERM) aborts the process ("terminate called without an active exception") instead of exit 130
+        producer.join(timeout=JOIN_TIMEOUT)
 
 
 def image_batches(items, size, batch_size=None, num_workers=None, device=torch.device("cpu"), scale=1):
