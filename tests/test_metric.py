@@ -374,8 +374,9 @@ def test_numpy_booleans_are_booleans(torch_home):
 
 
 def test_lin_without_lpips_weights_is_an_error_naming_them(torch_home):
-    with pytest.raises(ValueError, match=r"lin=True needs lpips_weights: \"official\" \(LPIPS v0.1\), "
-                                         r"\"official-v0.0\" \(LPIPS v0.0\) or the path .*lpips_weights=UNTRAINED"):
+    message = (r"lin=True needs lpips_weights: \"official\" \(LPIPS v0.1\), \"official-v0.0\" \(LPIPS v0.0\) or the "
+               r"path .*lpips_weights=metric\.UNTRAINED\)$")
+    with pytest.raises(ValueError, match=message):
         DistanceMetric("alex", lin=True)
     untrained = DistanceMetric("alex", lin=True, lpips_weights=UNTRAINED)
     assert untrained.lin and repr(UNTRAINED) == "metric.UNTRAINED"
