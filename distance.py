@@ -19,7 +19,9 @@ rgb, as in experiment.py's results). --layer-columns adds d_<point>, each extrac
 point's distance (DistanceMetric.layer_distances), `-` where the row's network has no
 such point. The rows go to --out, written to a temporary file that is renamed only once
 complete (an interrupted run leaves no output file), or to stdout. The count and mean ±
-standard deviation are printed at the end (to stderr when the rows go to stdout).
+standard deviation are printed at the end (to stderr when the rows go to stdout). The CSV is
+UTF-8; a file name that is not valid UTF-8 is written as its bytes (Python reads it back with
+errors="surrogateescape", and os.fsencode gives the name again).
 
 Two files: the distance alone when one configuration is asked for, else a table (also
 with --layer-columns); --out writes the CSV row(s) as well.
@@ -34,7 +36,10 @@ Images load as image_io.load_image reads them: RGB, transparency composited over
 grayscale replicated. The two images of a pair must have one size, or --size N resizes
 every image to N x N. Files stream in batches (image_stream.py): the next batch is
 decoded (by a thread, or by --num-workers processes) while the networks work on this
-one, and each image goes through each backbone once for all configurations.
+one, and each image goes through each backbone once for all configurations. Without
+--batch-size, each batch is sized by its own images (their headers): at most 204,800
+pixels per image of a pair (50 pairs of 64x64 images; --all-pairs: twice that, in single
+images), at least one pair, so that peak memory stays bounded whatever the first file is.
 """
 import argparse
 import contextlib
@@ -47,10 +52,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cli import (Backbones, UserError, add_config_flags, add_weights_flags, atomic_open, build_metrics,
-                 device_arg, positive_int, preflight, requested_configs, run_main, write_atomic)
-from image_io import IMAGE_EXTENSIONS, image_files
-from image_stream import MAX_BATCH, auto_batch_size, auto_workers, image_batches, size_mismatch
+from cli import (Backbones, add_config_flags, add_weights_flags, atomic_open, build_metrics, device_arg, positive_int,
+                 preflight, requested_configs, run_main, write_atomic)
+from distance_paths import DistanceError, check_outputs, folder_images, paired_names, path_kind
+from image_stream import MAX_BATCH, PIXELS_PER_IMAGE_BATCH, batch_for, image_batches, size_mismatch
 from loss_networks import canonical_net, layers_text
 from metric import (ALL_CONFIGS, NOT_APPLICABLE, PIXEL_CONFIG, PIXEL_METRICS, batch_distances, compare_views,
                     metrics_views)
@@ -58,55 +63,6 @@ from metric import (ALL_CONFIGS, NOT_APPLICABLE, PIXEL_CONFIG, PIXEL_METRICS, ba
 PAIR_COLUMNS = ("path0", "path1", "distance")
 CONFIG_COLUMNS = ("net", "layers", "variant", "method", "channel_norm", "normalize")
 VARIANTS = ("baseline", "lin")
-SHOWN = 5  # file names listed in a message before "... (N more)"
-
-
-class DistanceError(UserError):
-    """A problem with the paths, the files or the flags, for the user to fix."""
-
-
-# ---------------------------------------------------------------- files
-
-
-def path_kind(path):
-    """"file" or "folder"; a missing path is an error."""
-    if os.path.isdir(path):
-        return "folder"
-    if os.path.isfile(path):
-        return "file"
-    raise DistanceError(f"no such file or folder: {path}")
-
-
-def listing(names):
-    """'a.png, b.png' or, for long lists, the first few and how many more."""
-    more = f", ... ({len(names) - SHOWN} more)" if len(names) > SHOWN else ""
-    return ", ".join(names[:SHOWN]) + more
-
-
-def folder_images(folder):
-    """The image files under `folder` (relative paths, sorted); none is an error."""
-    names = image_files(folder)
-    if not names:
-        raise DistanceError(f"no image files in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)}, "
-                            f"in subfolders too)")
-    return names
-
-
-def paired_names(dir0, dir1, strict=False):
-    """Relative paths present in both folders; the others are reported on stderr (an error if `strict`)."""
-    names0, names1 = folder_images(dir0), folder_images(dir1)
-    common = sorted(set(names0) & set(names1))
-    if not common:
-        raise DistanceError(f"{dir0} and {dir1} have no image file in common (files are paired by their path "
-                            f"relative to the folder): {dir0} has {listing(names0)}; {dir1} has {listing(names1)}")
-    unpaired = [f"{len(only)} file{'s' * (len(only) > 1)} only in {folder}: {listing(only)}"
-                for folder, only in ((dir0, sorted(set(names0) - set(names1))),
-                                     (dir1, sorted(set(names1) - set(names0)))) if only]
-    if unpaired and strict:
-        raise DistanceError("; ".join(unpaired) + " (--strict: every file must have its pair)")
-    for line in unpaired:
-        print(f"skipped, unpaired: {line}", file=sys.stderr)
-    return common
 
 
 # ---------------------------------------------------------------- metrics and rows
@@ -213,11 +169,12 @@ def print_summary(stats, what, file):
 
 @contextlib.contextmanager
 def output(path):
-    """A text file for CSV rows: `path`, written atomically, or stdout when `path` is None."""
+    """A text file for CSV rows: `path`, written atomically, or stdout when `path` is None. UTF-8, except that a
+    file name that is not (os.fsdecode's surrogates) is written as its own bytes, as stdout and `ls` show it."""
     if path is None:
         yield sys.stdout
         return
-    with atomic_open(path, "w", newline="", encoding="utf-8") as file:
+    with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:
         yield file
 
 
@@ -278,12 +235,11 @@ def compare_pairs(args, nets, pairs, names, device, file):
     finishes; returns ({key: RunningStats}, number of pairs skipped)."""
     layout = PairRows(nets, args)
     stats, skipped = {key: RunningStats() for key in row_keys(nets)}, 0
-    batch_size = args.batch_size or auto_batch_size(pairs[0][0], args.size)
-    workers = args.num_workers if args.num_workers is not None else auto_workers(len(pairs) / batch_size, device)
     writer = csv.writer(file, lineterminator="\n")
     writer.writerow(layout.header())
     with tqdm(total=len(pairs), unit="pair") as bar:
-        for index, values, error in pair_distances(nets, pairs, args.size, batch_size, workers, device):
+        for index, values, error in pair_distances(nets, pairs, args.size, args.batch_size, args.num_workers,
+                                                   device):
             bar.update()
             if error is not None:
                 skip_or_raise(error, args.skip_bad)
@@ -340,20 +296,23 @@ def image_views(nets, x):
                 for net, metrics in nets.items()}
 
 
-def folder_views(nets, paths, args, batch_size, device):
-    """(indices of the images kept, {net: their `image_views` stacked}), each image decoded once and through
-    each backbone once."""
-    workers = args.num_workers if args.num_workers is not None else auto_workers(len(paths) / batch_size, device)
+def folder_views(nets, paths, args, device):
+    """(indices of the images kept, {net: their `image_views` stacked}, their pixels each), each image decoded
+    once and through each backbone once, in batches of twice --batch-size images (or twice the pixel budget)."""
     store, kept, first = None, [], None
+    batches = image_batches([(path,) for path in paths], args.size, args.batch_size and 2 * args.batch_size,
+                            args.num_workers, device, scale=2)
     with tqdm(total=len(paths), unit="image", desc="features") as bar:
-        for groups, errors in image_batches([(path,) for path in paths], args.size, batch_size, workers, device):
+        for groups, errors in batches:
             bar.update(len(errors) + sum(len(indices) for indices, _ in groups))
             for _, message in errors:
                 skip_or_raise(message, args.skip_bad)
             for indices, (x,) in groups:
                 first = first or (paths[indices[0]], x.shape)
-                if x.shape[1:] != first[1][1:]:
-                    raise DistanceError(size_mismatch([first[0], paths[indices[0]]], [first[1], x.shape]))
+                if x.shape[1:] != first[1][1:]:  # the first image read sets the size
+                    for index in indices:
+                        skip_or_raise(size_mismatch([first[0], paths[index]], [first[1], x.shape]), args.skip_bad)
+                    continue
                 views = image_views(nets, x.to(device))
                 if store is None:  # one allocation for the whole folder: memory is known from the first batch
                     store = {net: {key: [t.new_empty((len(paths), *t.shape[1:])) for t in layers]
@@ -366,7 +325,7 @@ def folder_views(nets, paths, args, batch_size, device):
     if len(kept) < 2:
         raise DistanceError(f"--all-pairs needs at least two readable images, found {len(kept)}")
     return kept, {net: {key: [t[:len(kept)] for t in layers] for key, layers in net_views.items()}
-                  for net, net_views in store.items()}
+                  for net, net_views in store.items()}, first[1][-2] * first[1][-1]
 
 
 def chunk_distances(nets, stores, i, j):
@@ -408,10 +367,9 @@ def matrix_weights(args, nets):
 def all_pairs(args, nets, folder, names, device):
     """The distance matrix of the images `names` of `folder` as CSV (and a PNG with --plot), then the summary."""
     paths = [os.path.join(folder, name) for name in names]
-    pairs_per_batch = args.batch_size or auto_batch_size(paths[0], args.size)
-    kept, stores = folder_views(nets, paths, args, 2 * pairs_per_batch, device)
+    kept, stores, pixels = folder_views(nets, paths, args, device)
     names = [names[index] for index in kept]
-    matrices = distance_matrices(nets, stores, len(kept), pairs_per_batch)
+    matrices = distance_matrices(nets, stores, len(kept), args.batch_size or batch_for(pixels))
     columns = config_columns(nets, args.variant)
     with output(args.out) as file:
         writer = csv.writer(file, lineterminator="\n")
@@ -491,8 +449,10 @@ def add_file_flags(files):
                        help="list and skip pairs (or images) that cannot be read or differ in size, instead of "
                             "stopping at the first")
     files.add_argument("--batch-size", type=positive_int, metavar="N",
-                       help=f"pairs per backbone pass, --all-pairs: twice as many images (default: {MAX_BATCH} "
-                            f"for 64x64 images, fewer for larger ones, so that memory stays flat)")
+                       help=f"pairs per backbone pass, --all-pairs: twice as many images (default: each batch "
+                            f"sized by its own images, from their headers, to at most {PIXELS_PER_IMAGE_BATCH:,} "
+                            f"pixels per image of a pair, {MAX_BATCH} pairs of 64x64 images, fewer of larger "
+                            f"ones, at least one pair: memory stays flat)")
     files.add_argument("--num-workers", type=int, metavar="N",
                        help="image-decoding processes (default: 0 on the CPU or for short jobs, where a thread "
                             "decodes the next batch while this one is computed; else up to 4)")
@@ -509,6 +469,10 @@ def check_args(args):
     if args.plot == "":
         if args.out is None:
             raise ValueError("--plot needs a file name (--plot matrix.png) or --out")
+        if Path(args.out).suffix.lower() == ".png":
+            raise ValueError(f"--plot without a file name writes --out's name with the suffix .png, which is --out "
+                             f"{args.out} itself: name the CSV (--out {Path(args.out).with_suffix('.csv')}) or "
+                             f"the picture (--plot FILE.png)")
         args.plot = str(Path(args.out).with_suffix(".png"))
     if args.layer_columns and args.all_pairs is not None:
         raise ValueError("--layer-columns adds columns to the rows of pairs, which --all-pairs' matrix has no "
@@ -536,13 +500,16 @@ def run(args):
         if path_kind(args.all_pairs) != "folder":
             raise DistanceError(f"--all-pairs takes a folder, {args.all_pairs} is a file")
         names = folder_images(args.all_pairs)
+        check_outputs(args.out, args.plot, [os.path.join(args.all_pairs, name) for name in names])
         all_pairs(args, load_metrics(args, device), args.all_pairs, names, device)
         return
     kinds = [path_kind(path) for path in args.paths]
     if kinds == ["file", "file"]:
+        check_outputs(args.out, None, args.paths)
         two_files(args, load_metrics(args, device), *args.paths, device)
     elif kinds == ["folder", "folder"]:
         names = paired_names(*args.paths, args.strict)
+        check_outputs(args.out, None, [os.path.join(folder, name) for folder in args.paths for name in names])
         two_folders(args, load_metrics(args, device), *args.paths, names, device)
     else:
         raise DistanceError(f"{args.paths[0]} is a {kinds[0]} and {args.paths[1]} a {kinds[1]}: "

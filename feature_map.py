@@ -32,12 +32,16 @@ that order the images differ, not where in the image (drawn on its own);
 `mean` has one position per layer and adds a constant.
 
 Both images are loaded and checked, and `--out` checked writable, before anything is
-written. The paths written are printed; `--show` opens them in the system's image viewer.
+written. The paths written are printed; `--show` opens them in the system's image viewer
+(xdg-open, eog, feh, display or xv, found on PATH; macOS's open), or says on stderr that there
+is none.
 """
 import argparse
 import io
 import math
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,7 +49,6 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from PIL import Image
 
 from cli import (Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg, network_name,
                  positive_int, preflight, run_main, write_atomic)
@@ -226,7 +229,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda if available), cpu, cuda, ...")
     add_weights_flags(parser)
-    parser.add_argument("--show", action="store_true", help="open the pictures in the image viewer")
+    parser.add_argument("--show", action="store_true",
+                        help="open the pictures in the image viewer (xdg-open, eog, feh, display or xv on PATH; "
+                             "macOS: open)")
     args = parser.parse_args(argv)
     try:
         check_layers(args.network, args.layers)
@@ -256,13 +261,35 @@ def draw(args):
     return paths
 
 
+VIEWERS = ("xdg-open", "eog", "feh", "display", "xv")  # looked for on PATH (Linux, BSD); macOS has open
+
+
+def viewer_command():
+    """The command that opens an image file in the system's viewer, or None when there is none."""
+    if sys.platform == "darwin":
+        return "open"
+    return next((name for name in VIEWERS if shutil.which(name)), None)
+
+
 def show(paths, viewer):
-    """Print the paths written; with `viewer`, open each in the system's image viewer."""
+    """Print the paths written; with `viewer`, open each in the system's image viewer (without waiting for it),
+    or say on stderr, in one line, that there is none and where the pictures are."""
     for path in paths:
         print(path)
-        if viewer:
-            with Image.open(path) as picture:
-                picture.show()
+    if not viewer:
+        return
+    if sys.platform == "win32":
+        for path in paths:
+            os.startfile(path)
+        return
+    command = viewer_command()
+    if command is None:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths])
+        print(f"feature_map.py: --show found no image viewer (looked for {', '.join(VIEWERS)} on PATH); the "
+              f"pictures are in {folder}", file=sys.stderr)
+        return
+    for path in paths:
+        subprocess.Popen([command, path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def main(argv=None):

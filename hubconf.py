@@ -7,7 +7,7 @@
 
 Both return a `metric.DistanceMetric` (see README.md).
 """
-from metric import DistanceMetric
+from metric import DistanceMetric, check_official_net
 
 dependencies = ["torch", "torchvision", "numpy", "PIL", "requests", "tqdm"]
 
@@ -35,9 +35,13 @@ def lpips(net="alex", version="0.1", weights=None):
 
     version: "0.1" (the default, as lpips's) or "0.0" (the first release's weights, and the
     [-1, 1] image fed to the network without LPIPS's scaling layer, as many papers report it).
-    The linear weights ship inside the `lpips` package (pip install lpips).
+    net: alex, squeeze or vgg (or their aliases), the networks LPIPS has weights for. The linear
+    weights ship inside the `lpips` package (pip install lpips).
     """
     if version not in LPIPS_VERSIONS:
         raise ValueError(f"unknown LPIPS version {version!r}; expected one of {', '.join(LPIPS_VERSIONS)}")
+    check_official_net(net, f"for another network use the 'dps' entry with lin=True and linear weights trained "
+                            f"for it: torch.hub.load(repo, 'dps', net={net!r}, lin=True, lpips_weights='.../lin.pth') "
+                            f"(experiment.py --net {net} --variant lin --train writes one)")
     lpips_weights, normalize = LPIPS_VERSIONS[version]
     return DistanceMetric(net=net, lin=True, normalize=normalize, lpips_weights=lpips_weights, weights=weights)

@@ -1,10 +1,13 @@
 """Image files streamed in batches for the command line: decoded ahead of use (by a thread, or by worker
-processes), grouped by image size, batch sizes that keep memory flat.
+processes), grouped by image size, batches sized by their own images so that memory stays flat.
 
 `image_batches(items, ...)` yields, for tuples of paths (a pair, or one image), batches of their
 loaded images stacked by position, one group per image size, with the items that cannot be
 compared (unreadable files, sizes that differ within a tuple) reported beside them, so that a
-caller decides whether to stop or skip.
+caller decides whether to stop or skip. Without a fixed batch size, each batch takes items in order
+while their images fit PIXELS_PER_IMAGE_BATCH pixels at each position of the tuples (50 images of
+64x64; at least one item, at most MAX_BATCH), read from each file's header (or --size), so that a
+small first image does not make a batch of large ones.
 """
 import os
 import queue
@@ -17,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from image_io import ImageLoadError, load_image
 
 MAX_BATCH = 50
+JOIN_TIMEOUT = 10  # seconds an interrupted run waits for the batch being decoded
 PIXELS_PER_IMAGE_BATCH = MAX_BATCH * 64 * 64  # the evaluation's batch of 64x64 images; larger images, fewer
 
 
@@ -85,7 +89,8 @@ def prefetched(batches, depth=2):
         except Exception as err:  # handed to the consumer, which raises it
             put((None, err))
 
-    threading.Thread(target=produce, daemon=True).start()
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
     try:
         while True:
             batch, error = ready.get()
@@ -96,26 +101,54 @@ def prefetched(batches, depth=2):
             yield batch
     finally:
         stop.set()
+        # wait for the batch being decoded: a thread still inside torch when the interpreter exits (Ctrl-C,
+        # SIGTERM) aborts the process ("terminate called without an active exception") instead of exit 130
+        producer.join(timeout=JOIN_TIMEOUT)
 
 
-def image_batches(items, size, batch_size, num_workers, device):
-    """`collate_by_size` batches of the files of `items` (tuples of paths), decoded ahead of use."""
-    loader = DataLoader(ImageTuples(items, size), batch_size=batch_size, num_workers=num_workers,
+def image_batches(items, size, batch_size=None, num_workers=None, device=torch.device("cpu"), scale=1):
+    """`collate_by_size` batches of the files of `items` (tuples of paths), decoded ahead of use: `batch_size`
+    items each, or (None) as many as `pixel_batches` fits in `scale` times the pixel budget; `num_workers`
+    decoding processes (None: `auto_workers`)."""
+    batches = (pixel_batches(items, size, scale * PIXELS_PER_IMAGE_BATCH, scale * MAX_BATCH) if batch_size is None
+               else [list(range(start, min(start + batch_size, len(items))))
+                     for start in range(0, len(items), batch_size)])
+    num_workers = auto_workers(len(batches), device) if num_workers is None else num_workers
+    loader = DataLoader(ImageTuples(items, size), batch_sampler=batches, num_workers=num_workers,
                         collate_fn=collate_by_size, pin_memory=device.type == "cuda")
     return loader if num_workers or len(loader) < 2 else prefetched(loader)
 
 
-def auto_batch_size(path, size=None):
-    """Images per batch: the evaluation's 50 at 64x64, fewer for larger images (from `path`'s header)."""
-    if size is None:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception:  # PIL reports bad files many ways; loading the file names the problem later
-            return MAX_BATCH
-    else:
-        width = height = size
-    return max(1, min(MAX_BATCH, PIXELS_PER_IMAGE_BATCH // (width * height)))
+def image_pixels(path, size=None):
+    """Width x height of the image at `path`, from its header (`size` x `size` when resized); 0 for a file
+    PIL cannot open (loading it names the problem later)."""
+    if size is not None:
+        return size * size
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # PIL reports bad files many ways
+        return 0
+    return width * height
+
+
+def pixel_batches(items, size=None, budget=PIXELS_PER_IMAGE_BATCH, most=MAX_BATCH):
+    """The indices of `items` (tuples of paths) in order, cut into batches whose images hold at most `budget`
+    pixels at each position of the tuples (at least one item per batch, at most `most`)."""
+    batches, batch, pixels = [], [], 0
+    for index, paths in enumerate(items):
+        needed = max(image_pixels(path, size) for path in paths)
+        if batch and (pixels + needed > budget or len(batch) == most):
+            batches.append(batch)
+            batch, pixels = [], 0
+        batch.append(index)
+        pixels += needed
+    return batches + [batch] if batch else batches
+
+
+def batch_for(pixels):
+    """Items of `pixels` pixels each that fit the budget: the evaluation's 50 at 64x64, fewer for larger."""
+    return max(1, min(MAX_BATCH, PIXELS_PER_IMAGE_BATCH // max(1, pixels)))
 
 
 def auto_workers(batches, device):

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss_networks import FeatureExtractor, load_state_dict_file
+from loss_networks import ALIASES, FeatureExtractor, canonical_net, load_state_dict_file
 
 METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
 PARTS = {method: tuple(method.split("+")) for method in METHODS}
@@ -46,6 +46,18 @@ COLORSPACES = ("Lab", "RGB")
 # the value of what does not apply to a pixel metric (layers, variant, method, channel norm, weights)
 NOT_APPLICABLE = "-"
 PIXEL_CONFIG = (NOT_APPLICABLE, NOT_APPLICABLE)  # a pixel metric's one configuration
+LPIPS_WEIGHTS_HELP = '"official" (LPIPS v0.1), "official-v0.0" (LPIPS v0.0) or the path of an LPIPS-format file'
+
+
+class Untrained:
+    """`lpips_weights=UNTRAINED`: linear layers left at PyTorch's initialisation, for a metric about to be
+    trained (training.py) or tested; their distances mean nothing until then."""
+
+    def __repr__(self):
+        return "metric.UNTRAINED"
+
+
+UNTRAINED = Untrained()
 
 
 def check_images(x, name="x"):
@@ -155,6 +167,15 @@ class LinearLayer(nn.Module):
 
 
 OFFICIAL_VERSIONS = {"official": "v0.1", "official-v0.0": "v0.0"}  # lpips_weights: the lpips package's folder
+OFFICIAL_NETS = ("alex", "squeeze", "vgg")  # the networks the lpips package ships linear weights for
+
+
+def check_official_net(net, fix):
+    """Raise ValueError, ending with `fix`, unless the lpips package has linear weights for `net` (or its alias)."""
+    if canonical_net(net) not in OFFICIAL_NETS:
+        names = ", ".join(f"{name} ({', '.join(a for a, target in ALIASES.items() if target == name)})"
+                          for name in OFFICIAL_NETS)
+        raise ValueError(f"LPIPS has official linear weights only for {names}, not {net!r}; {fix}")
 
 
 def official_lpips_path(net, which="official"):
@@ -171,12 +192,21 @@ def lpips_key(part_index, part, layer):
     return f"lin{layer}.model.1.weight" if part_index == 0 else f"{part}_lin{layer}.model.1.weight"
 
 
+def check_flag(name, value):
+    """Raise TypeError unless `value` is a bool (numpy's too): a string such as "off" or "false" is truthy, so it
+    would silently mean on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}): pass "
+                        f"{name}=True or {name}=False")
+
+
 class DistanceMetric(nn.Module):
     """Deep perceptual distance between image batches in [0, 1]: `metric(x0, x1)` -> (N,).
 
     `normalize`: "imagenet", "lpips" (2x - 1, then LPIPS's scaling layer) or "signed" (2x - 1
-    alone, LPIPS v0.0's input). `lpips_weights` (with `lin=True`): a path to an LPIPS-format
-    file, "official" (the lpips package's v0.1 weights) or "official-v0.0" (its v0.0 weights).
+    alone, LPIPS v0.0's input). `lpips_weights` (needed with `lin=True`): a path to an LPIPS-format
+    file, "official" (the lpips package's v0.1 weights), "official-v0.0" (its v0.0 weights), or
+    `UNTRAINED` (PyTorch's initialisation, for training). `channel_norm`, `lin` and `pretrained` are bools.
     Beside the value: `layer_distances` (each extraction point's term, lpips's `retPerLayer`)
     and `distance_map` (where the images differ, lpips's `spatial=True`).
     """
@@ -188,9 +218,14 @@ class DistanceMetric(nn.Module):
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalize {normalize!r}; expected one of {', '.join(NORMALIZATIONS)}")
+        for name, value in (("channel_norm", channel_norm), ("lin", lin), ("pretrained", pretrained)):
+            check_flag(name, value)
         if lpips_weights is not None and not lin:
             raise ValueError("lpips_weights are linear-layer weights: pass lin=True with them")
-        self.method, self.channel_norm, self.lin, self.normalize = method, bool(channel_norm), lin, normalize
+        if lin and lpips_weights is None:
+            raise ValueError(f"lin=True needs lpips_weights: {LPIPS_WEIGHTS_HELP} (untrained linear layers give "
+                             f"meaningless, even negative, distances; for training: lpips_weights=metric.UNTRAINED)")
+        self.method, self.channel_norm, self.lin, self.normalize = method, bool(channel_norm), bool(lin), normalize
         self.net = FeatureExtractor(net, layers=layers, pretrained=pretrained, weights=weights)
         self._register_input_affine(normalize)
         self.lins = nn.ModuleDict()
@@ -198,7 +233,7 @@ class DistanceMetric(nn.Module):
             channels = self.net.channels()
             for part in PARTS[method]:
                 self.lins[part] = nn.ModuleList(LinearLayer(c) for c in channels)
-            if lpips_weights is not None:
+            if lpips_weights is not UNTRAINED:
                 self.load_lpips_weights(official_lpips_path(self.net.net, lpips_weights)
                                         if lpips_weights in OFFICIAL_VERSIONS else lpips_weights)
         self.eval()

@@ -40,7 +40,7 @@ from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Subset
 from cli import write_atomic
 from dataset_collector import dataset_collector, tree_kind
 from loss_networks import canonical_net, checkpoint_path, layers_text, load_state_dict_file
-from metric import INITS, TRAINED_VARIANTS, DistanceMetric, score_2afc
+from metric import INITS, TRAINED_VARIANTS, UNTRAINED, DistanceMetric, score_2afc
 from results import weights_identity
 
 # a version's folder holds its checkpoint, settings and logs: Lightning's warnings that it is not empty are
@@ -101,7 +101,7 @@ class LPIPSTraining(pl.LightningModule):
             raise ValueError("variant 'scratch' starts from a random backbone: drop the backbone weights path")
         net = canonical_net(net)
         self.save_hyperparameters()
-        self.metric = DistanceMetric(net, method, channel_norm, lin=True, normalize=normalize,
+        self.metric = DistanceMetric(net, method, channel_norm, lin=True, normalize=normalize, lpips_weights=UNTRAINED,
                                      pretrained=variant != "scratch", weights=weights, layers=layers)
         self.metric.net.requires_grad_(variant != "lin")
         self.head = RankingHead()

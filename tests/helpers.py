@@ -23,7 +23,7 @@ from PIL import Image
 import distance
 from experiment import main as experiment_main
 from loss_networks import FeatureExtractor
-from metric import DistanceMetric, score_2afc
+from metric import UNTRAINED, DistanceMetric, score_2afc
 
 
 # ---------------------------------------------------------------- front doors
@@ -436,7 +436,8 @@ def distort(ref, strength, generator):
 
 def hidden_metric(net="alex", method="spatial", channel_norm=True, channels=8, layers=None, seed=0, layer=0):
     """A metric in which only `channels` random channels of one layer count."""
-    metric = DistanceMetric(net, method=method, channel_norm=channel_norm, lin=True, layers=layers)
+    metric = DistanceMetric(net, method=method, channel_norm=channel_norm, lin=True, lpips_weights=UNTRAINED,
+                            layers=layers)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for lins in metric.lins.values():

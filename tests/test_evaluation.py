@@ -16,7 +16,7 @@ from experiment import main
 from helpers import (IMAGES_PER_NET, LIMIT, assert_scores_equal, cli_error, expected_scores, lpips_2afc, lpips_jnd,
                      lpips_reference, read_results_csv, reference_distance, reference_features, run_cli, run_experiment,
                      table_cells, table_row, values)
-from metric import ALL_CONFIGS, METHODS, DistanceMetric, score_2afc, score_jnd
+from metric import ALL_CONFIGS, METHODS, UNTRAINED, DistanceMetric, score_2afc, score_jnd
 from results import result_key, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def test_missing_dataset_without_download_names_the_fix(torch_home, tmp_path, ca
 def test_trained_weights_file_gives_its_version(torch_home, bapps, tmp_path):
     path = tmp_path / "lin_alex" / "version_3" / "lin.pth"
     path.parent.mkdir(parents=True)
-    trained = DistanceMetric("alex", lin=True)
+    trained = DistanceMetric("alex", lin=True, lpips_weights=UNTRAINED)
     trained.clamp_weights()  # as training leaves them: LPIPS weights are >= 0
     torch.save(trained.lpips_state_dict(), path)
     args = ["--variant", "lin", "--lpips-weights", str(path), "--splits", "jnd", "--limit", "4"]

@@ -53,7 +53,9 @@ def test_substrings_choose_one_image_or_list_the_candidates(folder):
 def test_run_writes_one_grid_per_layer_and_prints_the_paths(torch_home, folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("feature_map waited on input()"))
     shown = []
-    monkeypatch.setattr(Image.Image, "show", lambda self, *a, **k: shown.append(self.size))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(feature_map.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "eog" else None)
+    monkeypatch.setattr(feature_map.subprocess, "Popen", lambda command, **kwargs: shown.append(command))
     out = tmp_path / "maps"
     feature_map.main(["--image-dir", str(folder), "--image", "3ring", "color", "--network", "alexnet",
                       "--out", str(out), "--max-channels", "8", "--show"])
@@ -63,7 +65,20 @@ def test_run_writes_one_grid_per_layer_and_prints_the_paths(torch_home, folder, 
     for path in printed:
         with Image.open(path) as picture:
             assert picture.format == "PNG"
-    assert len(shown) == 5
+    assert shown == [["eog", path] for path in printed]
+
+
+def test_show_without_a_viewer_says_so_in_one_line_and_where_the_pictures_are(torch_home, folder, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no xdg-open, eog, feh, display nor xv
+    out = tmp_path / "maps"
+    code = feature_map.main(["--image-dir", str(folder), "--image", "3ring", "color", "--network", "alexnet",
+                             "--out", str(out), "--max-channels", "8", "--layers", "1", "--show"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.split() == [str(out / "x" / "3ring_color_alex_layer0.png")]
+    assert captured.err.strip() == (f"feature_map.py: --show found no image viewer (looked for xdg-open, eog, feh, "
+                                    f"display, xv on PATH); the pictures are in {out / 'x'}")
 
 
 def test_compare_writes_the_distance_map(torch_home, folder, tmp_path, capsys, monkeypatch):

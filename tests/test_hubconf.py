@@ -59,3 +59,19 @@ def test_autocast_bfloat16_keeps_float32_distances(torch_home, entry, kwargs):
     assert half.dtype == torch.float32 and full.dtype == torch.float32
     assert torch.allclose(half, full, rtol=0.05, atol=0)
     assert torch.isfinite(x1.grad).all() and x1.grad.abs().sum() > 0
+
+
+def test_dps_refuses_a_string_for_a_boolean(torch_home):
+    with pytest.raises(TypeError, match="channel_norm must be True or False, got 'off'"):
+        hub("dps", net="alex", channel_norm="off")
+    with pytest.raises(ValueError, match="lin=True needs lpips_weights"):
+        hub("dps", net="alex", lin=True)
+
+
+def test_lpips_entry_for_a_net_without_official_weights_points_to_dps(torch_home):
+    message = (r"LPIPS has official linear weights only for alex \(alexnet\), squeeze \(squeezenet1_1, squeezenet\), "
+               r"vgg \(vgg16\), not 'resnet18'; for another network use the 'dps' entry with lin=True .*"
+               r"lpips_weights='.../lin.pth'")
+    with pytest.raises(ValueError, match=message):
+        hub("lpips", net="resnet18")
+    assert hub("lpips", net="alexnet").net.net == "alex"

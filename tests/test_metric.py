@@ -1,12 +1,13 @@
 """DistanceMetric against an independent plain-torch reference and against the lpips package (LPIPS v0.1 and
 v0.0, the baseline, their spatial maps and per-layer terms)."""
+import numpy as np
 import pytest
 import torch
 
 from helpers import (LPIPS_EQUIVALENT, LPIPS_LAYERS, NETS, assert_close, images, lpips_reference, lpips_spatial,
                      reference_distance, reference_features)
 from loss_networks import FeatureExtractor, WeightsUnavailableError
-from metric import ALL_CONFIGS, METHODS, DistanceMetric
+from metric import ALL_CONFIGS, METHODS, UNTRAINED, DistanceMetric
 
 
 @pytest.mark.parametrize("net", NETS)
@@ -60,7 +61,7 @@ def test_features_and_distance_split_equals_call(torch_home):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients_flow_and_identical_inputs_give_zero(torch_home, method):
-    metric = DistanceMetric("alex", method=method, lin=True)
+    metric = DistanceMetric("alex", method=method, lin=True, lpips_weights=UNTRAINED)
     metric.clamp_weights()
     x0, x1 = images(10).requires_grad_(), images(11)
     metric(x0, x1).sum().backward()
@@ -189,7 +190,8 @@ def test_float64_input_is_cast_and_double_metric_computes_in_float64(torch_home)
 
 def test_empty_batch_gives_an_empty_result(torch_home):
     empty = torch.rand(0, 3, 48, 48)
-    for metric in (DistanceMetric("squeeze"), DistanceMetric("alex", method="spatial+mean", lin=True)):
+    for metric in (DistanceMetric("squeeze"),
+                   DistanceMetric("alex", method="spatial+mean", lin=True, lpips_weights=UNTRAINED)):
         d = metric(empty, empty)
         assert d.shape == (0,) and d.dtype == torch.float32
     together = DistanceMetric("alex").all_methods(empty, empty)
@@ -198,7 +200,7 @@ def test_empty_batch_gives_an_empty_result(torch_home):
 
 @pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf")])
 def test_negative_or_non_finite_linear_weights_are_refused(torch_home, tmp_path, value):
-    state = DistanceMetric("alex", lin=True).lpips_state_dict()
+    state = DistanceMetric("alex", lin=True, lpips_weights=UNTRAINED).lpips_state_dict()
     for weight in state.values():
         weight.fill_(0.1)
     state["lin2.model.1.weight"][0, 7] = value
@@ -317,8 +319,9 @@ def test_spatial_plus_mean_map_adds_both_parts_maps(torch_home):
     """Each part with its own (here random) linear weights, as in a metric of that part alone."""
     x0, x1 = images(38), images(39)
     generator = torch.Generator().manual_seed(0)
-    both = DistanceMetric("alex", method="spatial+mean", lin=True)
-    parts = {part: DistanceMetric("alex", method=part, lin=True) for part in ("spatial", "mean")}
+    both = DistanceMetric("alex", method="spatial+mean", lin=True, lpips_weights=UNTRAINED)
+    parts = {part: DistanceMetric("alex", method=part, lin=True, lpips_weights=UNTRAINED)
+             for part in ("spatial", "mean")}
     with torch.no_grad():
         for part, alone in parts.items():
             for mine, its in zip(both.lins[part], alone.lins[part]):
@@ -355,3 +358,25 @@ def test_a_lin_metric_maps_only_its_own_method(torch_home):
     metric = DistanceMetric("alex", lin=True, lpips_weights="official")
     with pytest.raises(ValueError, match="linear weights for 'spatial' only, not 'sort'"):
         metric.distance_map(images(0), images(1), method="sort")
+
+
+@pytest.mark.parametrize("name, value", [("channel_norm", "off"), ("channel_norm", "false"), ("lin", "true"),
+                                         ("pretrained", 0), ("channel_norm", None)])
+def test_flags_that_are_not_booleans_are_a_type_error(torch_home, name, value):
+    with pytest.raises(TypeError, match=rf"^{name} must be True or False, got {value!r} \(\w+\): pass {name}=True"):
+        DistanceMetric("alex", **{name: value})
+
+
+def test_numpy_booleans_are_booleans(torch_home):
+    x0, x1 = images(30), images(31)
+    assert torch.equal(DistanceMetric("alex", channel_norm=np.False_)(x0, x1),
+                       DistanceMetric("alex", channel_norm=False)(x0, x1))
+
+
+def test_lin_without_lpips_weights_is_an_error_naming_them(torch_home):
+    message = (r"lin=True needs lpips_weights: \"official\" \(LPIPS v0.1\), \"official-v0.0\" \(LPIPS v0.0\) or the "
+               r"path .*lpips_weights=metric\.UNTRAINED\)$")
+    with pytest.raises(ValueError, match=message):
+        DistanceMetric("alex", lin=True)
+    untrained = DistanceMetric("alex", lin=True, lpips_weights=UNTRAINED)
+    assert untrained.lin and repr(UNTRAINED) == "metric.UNTRAINED"

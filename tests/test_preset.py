@@ -18,7 +18,7 @@ from experiment import main
 from helpers import (IMAGES_PER_NET, assert_scores_equal, expected_scores, make_folder, read_results_csv, read_rows,
                      reference_distance, run_cli, run_experiment, table_cells, values)
 from loss_networks import PRESET, checkpoint_path
-from metric import ALL_CONFIGS, DistanceMetric
+from metric import ALL_CONFIGS, UNTRAINED, DistanceMetric
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -81,7 +81,7 @@ def test_per_layer_scores_each_point_from_one_pass(torch_home, bapps, tmp_path, 
 def test_per_layer_lin_takes_weights_for_one_point(torch_home, bapps, tmp_path, capsys):
     path = tmp_path / "lin_point4.pth"
     torch.manual_seed(0)
-    weights = DistanceMetric("alex", lin=True, layers=[4]).lpips_state_dict()
+    weights = DistanceMetric("alex", lin=True, lpips_weights=UNTRAINED, layers=[4]).lpips_state_dict()
     torch.save({key: value.abs() for key, value in weights.items()}, path)
     args = ["--net", "alex", "--layers", "4", "--variant", "lin", "--lpips-weights", str(path), "--splits", "jnd"]
     assert run_experiment([*args, "--per-layer"], bapps, tmp_path / "per") == 0
