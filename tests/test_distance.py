@@ -63,8 +63,8 @@ def test_official_lpips_over_two_folders_equals_the_lpips_package(torch_home, tm
     names = [f"{i}.png" for i in range(5)] + ["nested/5.png"]
     dir0, dir1 = fill(tmp_path / "gen", 0, names), fill(tmp_path / "gt", 50, names)
     out = tmp_path / "pairs.csv"
-    code, _, _ = run_distance([dir0, dir1, "--variant", "lin", "--lpips-weights", "official", "--normalize", "lpips",
-                      "--batch-size", "4", "--out", out], capsys)
+    code, _, _ = run_distance([dir0, dir1, "--variant", "lin", "--lpips-weights", "official", "--normalize",
+                               "lpips", "--batch-size", "4", "--out", out], capsys)
     assert code == 0
     rows = read_csv_rows(out)[1:]
     assert sorted(row[0] for row in rows) == sorted(names)
@@ -318,7 +318,7 @@ def test_flag_errors_are_usage_errors(argv, message, capsys):
 
 
 def test_interrupted_run_leaves_no_output_and_keeps_an_old_file(torch_home, folders, tmp_path, monkeypatch,
-                                                                 capsys):
+                                                                capsys):
     real, calls = distance.batch_distances, []
 
     def interrupt_on_second_batch(*args):

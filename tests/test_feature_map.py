@@ -2,6 +2,7 @@
 `DistanceMetric.distance_map`, tested in test_metric.py)."""
 import builtins
 import os
+import sys
 
 import numpy as np
 import pytest
