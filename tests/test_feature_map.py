@@ -77,7 +77,7 @@ def test_show_without_a_viewer_says_so_in_one_line_and_where_the_pictures_are(to
     code = feature_map.main(["--image-dir", str(folder), "--image", "3ring", "color", "--network", "alexnet",
                              "--out", str(out), "--max-channels", "8", "--layers", "1", "--show"])
     captured = capsys.readouterr()
-    assert code == 0 and captured.out.split() == [str(out / "x" / "3ring_color_alex_layer0.png")]
+    assert code == 0 and captured.out.split() == [str(out / "x" / "3ring_color_alex_point1.png")]
     assert captured.err.strip() == (f"feature_map.py: --show found no image viewer (looked for xdg-open, eog, feh, "
                                     f"display, xv on PATH); the pictures are in {out / 'x'}")
 
