@@ -41,6 +41,13 @@ def run_cli(main, argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def usage_error(main, argv):
+    """The usage message (stderr) of a front door that refuses `argv` as argparse does, exit status 2."""
+    code, _, err = run_cli(main, argv)
+    assert code == 2, err
+    return err
+
+
 def cli_error(main, argv, pattern):
     """The one-line error of a front door that fails (status 1) on `argv`, after any progress bars; it must
     match `pattern` (re.search)."""

@@ -13,8 +13,8 @@ from PIL import Image
 
 import analysis
 from cli import write_atomic
-from helpers import (CASES, REFS, assert_close, cli_error, load_dropping_alpha, load_white, make_folder,
-                     read_rows, run_cli, save_array, texture, write_manifest)
+from helpers import (CASES, REFS, assert_close, cli_error, load_dropping_alpha, load_white, make_folder, read_rows,
+                     run_cli, save_array, texture, usage_error, write_manifest)
 from metric import ALL_CONFIGS, DistanceMetric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -365,7 +365,7 @@ def test_a_path_spelled_another_way_is_the_same_case_and_a_rule_needs_another_va
         analysis.read_manifest(str(folder))
 
 
-def test_unwritable_out_is_refused_before_any_computation(torch_home, tmp_path, monkeypatch, capsys):
+def test_unwritable_out_is_refused_before_any_computation(torch_home, tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "images")
     monkeypatch.setattr(DistanceMetric, "features", lambda *a: pytest.fail("computed before checking --out"))
     (tmp_path / "a_file").write_text("")
@@ -393,7 +393,7 @@ def test_outputs_are_written_all_or_nothing(torch_home, tmp_path, monkeypatch):
     assert all((out / name).read_bytes() == data for name, data in earlier.items())
 
 
-def test_ctrl_c_is_one_line(torch_home, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_is_one_line(torch_home, tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "images")
     monkeypatch.setattr(analysis, "pair_distances", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     code, _, err = run_cli(analysis.main, analysis_args(folder, tmp_path / "out"))
@@ -408,10 +408,8 @@ def test_ctrl_c_is_one_line(torch_home, tmp_path, monkeypatch, capsys):
     (["--size", "0"], "argument --size: must be at least 1, got 0"),
     (["--size", "-3"], "argument --size: must be at least 1, got -3"),
 ])
-def test_bad_device_or_size_is_a_usage_error(flags, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        analysis.main(flags)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+def test_bad_device_or_size_is_a_usage_error(flags, message):
+    assert message in usage_error(analysis.main, flags)
 
 
 def test_damaged_weights_and_refused_images_are_one_line_errors(weights_home, tmp_path, monkeypatch):
