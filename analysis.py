@@ -66,7 +66,6 @@ torchvision's names (`alexnet-owt-7be5be79.pth`, ...), or random (`--random-init
 """
 import argparse
 import csv
-import io
 import math
 import os
 import posixpath
@@ -86,7 +85,7 @@ from analysis_results import (KEY_COLUMNS, RESULT_COLUMNS, cell_text, complete_c
 from cli import (CHANNEL_NORMS, Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg,
                  locked, network_name, positive_int, preflight, requested_configs, run_main, write_atomic)
 import sweeps
-from image_io import image_files, load_image
+from image_io import figure_png, image_files, load_image
 from loss_networks import LPIPS_NETS, check_layers, layers_text
 from metric import METHODS
 from results import weights_identity
@@ -288,7 +287,7 @@ def plot_summary(columns, table, status):
     fig.suptitle(f"Flaw analysis: does the variant stay closer than its threshold? ({shown})\n"
                  f"{len(table)} configurations of results.csv, net [extraction points] weights | method, channel "
                  f"norm; bold: this run's", fontsize=9)
-    return png_bytes(fig)
+    return figure_png(fig, dpi=120)
 
 
 def analyse(image_dir, nets, configs, results=None, size=None, device="cpu", backbones=Backbones(), batch_size=16,
@@ -423,12 +422,6 @@ def sweep_figure(transform, rows, refs):
     return fig
 
 
-def png_bytes(fig, dpi=120):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
 def sweep_summary(sweeps_done):
     """Markdown: the tolerance of each configuration (rows) under each transformation (columns)."""
     names = [transform.name for transform, _ in sweeps_done]
@@ -470,7 +463,7 @@ def run_sweeps(args, configs):
     for transform, rows in done:
         contents[f"sweep_{transform.name}.csv"] = csv_text(SWEEP_COLUMNS, [[r[c] for c in SWEEP_COLUMNS]
                                                                            for r in rows]).encode()
-        contents[f"sweep_{transform.name}.png"] = png_bytes(sweep_figure(transform, rows, references), dpi=110)
+        contents[f"sweep_{transform.name}.png"] = figure_png(sweep_figure(transform, rows, references), dpi=110)
     paths = write_files(args.out, contents)
     print(sweep_summary(done), end="")
     print("wrote " + ", ".join(paths))

@@ -37,7 +37,6 @@ written. The paths written are printed; `--show` opens them in the system's imag
 is none.
 """
 import argparse
-import io
 import math
 import os
 import shutil
@@ -52,7 +51,7 @@ from matplotlib.figure import Figure
 
 from cli import (Backbones, UserError, add_weights_flags, build_metric, check_writable, device_arg, network_name,
                  positive_int, preflight, run_main, write_atomic)
-from image_io import image_files, load_image
+from image_io import figure_png, image_files, load_image
 from loss_networks import check_layers, point_names
 from metric import METHODS, channel_normalize
 
@@ -101,12 +100,6 @@ def channel_mosaic(f, max_channels, stretch=True):
     return grid
 
 
-def png_bytes(fig):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150)
-    return buffer.getvalue()
-
-
 def thumbnail(ax, x, name):
     """The input image (1, 3, H, W) in `ax`, titled `name`."""
     ax.imshow(x[0].permute(1, 2, 0).cpu().numpy())
@@ -135,7 +128,7 @@ def layer_figure(raw, x, name, title, max_channels, shared_scale=False):
     scale = "one scale for both grids" if shared_scale else "each channel stretched\nto its own [min, max]"
     fig.colorbar(image, ax=axes[1:], shrink=0.6, label=f"activation, {scale}")
     fig.suptitle(title)
-    return png_bytes(fig)
+    return figure_png(fig, dpi=150)
 
 
 def write_feature_maps(metric, x, name, out, max_channels, shared_scale=False):
@@ -181,7 +174,7 @@ def compare_figure(x0, x1, dmap, names, title, method):
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(title)
-    return png_bytes(fig)
+    return figure_png(fig, dpi=150)
 
 
 def write_distance_map(metric, x0, x1, names, out, method, channel_norm, image_dir):

@@ -1,4 +1,5 @@
-"""Image files: the one loader (`load_image`) and the one folder listing (`image_files`) of the project.
+"""Image files: the one loader (`load_image`), the one folder listing (`image_files`) and the one encoder of
+the project's pictures (`figure_png`).
 
 Every front door reads images through `load_image`: RGB float tensors in [0, 1];
 transparency composited over white (never `convert("RGB")` on raw alpha, which reveals
@@ -6,6 +7,7 @@ whatever colour hides under transparent pixels); grayscale replicated to three c
 16- and 32-bit integer images scaled by their bit depth; float images used as they are when
 in [0, 1], an error naming the file otherwise.
 """
+import io
 import os
 
 import numpy as np
@@ -118,3 +120,10 @@ def image_files(folder, root=None):
         found += [os.path.relpath(os.path.join(parent, name), root).replace(os.sep, "/")
                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found)
+
+
+def figure_png(fig, dpi):
+    """PNG bytes of a matplotlib figure at `dpi` dots per inch."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -5,12 +5,12 @@ its diagonal (an image with itself) left blank so that the zeros do not set the 
 labelled; up to VALUES_IN_CELLS images each cell shows its value, up to NAMED_TICKS images the ticks are the
 file names, beyond that indices with a key of the file names beside the matrices. At least 800 px a side.
 """
-import io
 import math
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from image_io import figure_png
 from metric import PIXEL_METRICS
 
 NAMED_TICKS = 30  # images up to which the matrix's ticks are file names; beyond, indices with a key beside
@@ -67,9 +67,7 @@ def name_key(fig, names):
 
 def plot_matrices(matrices, names, columns, weights):
     """`matrix_figure` as PNG bytes."""
-    buffer = io.BytesIO()
-    matrix_figure(matrices, names, columns, weights).savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return figure_png(matrix_figure(matrices, names, columns, weights), dpi=DPI)
 
 
 def matrix_figure(matrices, names, columns, weights):

@@ -140,8 +140,8 @@ def test_runs_accumulate_reuse_and_overwrite(synthetic, torch_home, tmp_path, mo
     cells = sort_lines[1].split(",")
     edited = ",".join([*cells[:8], "9.5", *cells[9:]])
     (out / "results.csv").write_text((out / "results.csv").read_text().replace(sort_lines[1], edited))
-    figures, png_bytes = [], analysis.png_bytes
-    monkeypatch.setattr(analysis, "png_bytes", lambda fig, **k: figures.append(fig) or png_bytes(fig, **k))
+    figures, figure_png = [], analysis.figure_png
+    monkeypatch.setattr(analysis, "figure_png", lambda fig, **k: figures.append(fig) or figure_png(fig, **k))
     analysis.main(analysis_args(folder, out, "--method", "sort", "--channel-norm", "off", "--overwrite"))
     assert passed and read_rows(out / "results.csv") == rows  # the edited row recomputed, mean's kept
     summary = read_rows(out / "summary.csv")

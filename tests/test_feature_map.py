@@ -176,8 +176,8 @@ def test_channel_mosaic_stretches_each_channel_and_caps_the_count():
 @pytest.fixture
 def figures(monkeypatch):
     """The matplotlib figures feature_map.py saves, in order."""
-    saved, real = [], feature_map.png_bytes
-    monkeypatch.setattr(feature_map, "png_bytes", lambda fig: saved.append(fig) or real(fig))
+    saved, real = [], feature_map.figure_png
+    monkeypatch.setattr(feature_map, "figure_png", lambda fig, **k: saved.append(fig) or real(fig, **k))
     return saved
 
 
