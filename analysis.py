@@ -88,7 +88,7 @@ import sweeps
 from image_io import figure_png, image_files, load_image
 from loss_networks import LPIPS_NETS, check_layers, layers_text
 from metric import METHODS
-from results import weights_identity
+from results import backbones_identity
 
 MANIFEST_COLUMNS = ("category", "image", "variant", "rule")
 OUTPUTS = ("results.csv", "summary.csv", "summary.md", "summary.png")
@@ -306,7 +306,7 @@ def analyse(image_dir, nets, configs, results=None, size=None, device="cpu", bac
     rows, status = [], {}
     for net in nets:
         run = {"net": net, "layers": layers_text(check_layers(net, layers)), "images": images,
-               "weights": weights_identity(net, backbones.file(net), random_seed=backbones.random_seed)}
+               "weights": backbones_identity(net, backbones)}
         keys = {(m, n): config_key(run | {"method": m, "channel_norm": cell_text(n)}) for m, n in configs}
         todo = [config for config in configs if keys[config] not in done]
         status.update((keys[config], "computed" if config in todo else "reused") for config in configs)
@@ -457,7 +457,7 @@ def run_sweeps(args, configs):
             found = sweeps.sweep(metric, configs, originals, references, transform, magnitudes, args.device,
                                  args.batch_size, desc=f"{net} {transform.name}")
             run = {"transform": transform.name, "net": net, "layers": layers_text(metric.net.layers),
-                   "weights": weights_identity(net, backbones.file(net), random_seed=args.seed)}
+                   "weights": backbones_identity(net, backbones)}
             rows += sweep_rows(run, configs, magnitudes, found)
     contents = {}
     for transform, rows in done:

@@ -358,10 +358,10 @@ def distance_matrices(nets, stores, n, chunk):
 
 def matrix_weights(args, nets):
     """{net: the weights it ran with, as experiment.py's results name them} (`-` for the pixel metrics)."""
-    from results import weights_identity  # only --plot needs it
+    from results import backbones_identity  # only --plot needs it
     backbones = Backbones.from_flags(args)
     return {net: NOT_APPLICABLE if net in PIXEL_METRICS else
-            weights_identity(net, backbones.file(net), args.lpips_weights, backbones.random_seed) for net in nets}
+            backbones_identity(net, backbones, args.lpips_weights) for net in nets}
 
 
 def all_pairs(args, nets, folder, names, device):

@@ -40,7 +40,8 @@ from loss_networks import (DEFAULT_LAYERS, DEFAULT_RULE, LPIPS_NETS, PRESET, can
 from metric import (ALL_CONFIGS, COLORSPACES, INITS, METHODS, NORMALIZATIONS, NOT_APPLICABLE,  # noqa: F401
                     OFFICIAL_VERSIONS, PARTS, PIXEL_METRICS, TRAINED_VARIANTS, VARIANTS, DistanceMetric, LinearLayer,
                     channel_normalize, check_images, official_lpips_path, score_2afc, score_jnd)
-from results import report, results_path, results_table, run_columns, run_marks, weights_identity  # noqa: F401
+from results import (backbones_identity, report, results_path, results_table, run_columns, run_marks,  # noqa: F401
+                     weights_identity)
 from shift_study import SHIFT_OFFSET, check_shifts
 
 PRESETS = {"paper": PRESET}  # --preset: {net: extraction points}
@@ -329,7 +330,7 @@ def flag_run_columns(net, args, version=0, lpips_weights=None):
     elif args.variant == "scratch":  # trained from a random backbone, each version from its own seed
         weights = weights_identity(net, None, lpips_weights, random_seed=args.seed + version)
     else:
-        weights = weights_identity(net, Backbones.from_flags(args).file(net), lpips_weights, random_seed=args.seed)
+        weights = backbones_identity(net, Backbones.from_flags(args), lpips_weights)
     return run_columns(net, args.variant, args.colorspace if net in PIXEL_METRICS else args.normalize, version,
                        args.limit, weights)
 

@@ -90,6 +90,12 @@ def weights_identity(net, backbone_file=None, lpips_weights=None, random_seed=0)
     return f"{backbone} lin={lin_identity(path, lpips_weights)}"
 
 
+def backbones_identity(net, backbones, lpips_weights=None):
+    """`weights_identity` of `net` with its backbone from `backbones` (a `cli.Backbones`: a weights file, or
+    random weights drawn from its seed)."""
+    return weights_identity(net, backbones.file(net), lpips_weights, backbones.random_seed)
+
+
 def run_columns(net, variant="baseline", normalize="imagenet", version=0, limit=None, weights=None):
     """The columns every results row of one evaluation of `net` shares; `limit` is --limit (None: all),
     `weights` the `weights_identity` of what it was computed with (a pixel metric has none)."""
