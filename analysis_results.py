@@ -131,7 +131,7 @@ def summarize(rows):
     columns = list(dict.fromkeys(row["category"] for row in rows)) + ["total"]
     table = {}
     for row in rows:
-        cells = table.setdefault(tuple(row[c] for c in KEY_COLUMNS), {})
+        cells = table.setdefault(config_key(row), {})
         for column in (row["category"], "total"):
             k, n = cells.get(column, (0, 0))
             cells[column] = (k + (row["success"] == "true"), n + 1)

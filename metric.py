@@ -328,11 +328,7 @@ class DistanceMetric(nn.Module):
                     a0s, a1s = v0[part, norm], v1[part, norm]
                     parts[part, norm] = torch.stack([layer_distance(a0, a1, lin) for a0, a1, lin
                                                      in zip(a0s, a1s, self.part_lins(part, len(a0s)))], 1)
-        found = {}
-        for method, norm in configs:
-            first, *rest = (parts[part, norm] for part in PARTS[method])
-            found[method, norm] = first + rest[0] if rest else first
-        return found
+        return {(method, norm): sum(parts[part, norm] for part in PARTS[method]) for method, norm in configs}
 
     def compare(self, v0, v1, configs):
         """{(method, channel_norm): distances (N,)} between two images' views: the sums of `compare_layers`."""
